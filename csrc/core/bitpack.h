@@ -1,0 +1,72 @@
+// Bit-level layout of GPTQ checkpoints, shared by the CPU and CUDA kernels.
+//
+// A packed tensor stores b-bit unsigned integers (b in {2, 3, 4, 8}) as a little-endian bit stream of
+// int32 words along one dimension: value i of a column occupies stream bits [i*b, (i+1)*b), and stream
+// bit t lives in word t/32 at bit t%32. Thirty-two values always fill exactly b words, so we call those
+// b words a *block*. For b = 2, 4, 8 no value crosses a word; for b = 3 two values do:
+//
+//   bit:    31                                        0     values 0..9 are 000..999, 10..21 are a..l,
+//   word 0: aa 999 888 777 666 555 444 333 222 111 000         22..31 are m..v (MSB on the left)
+//   word 1: l kkk jjj iii hhh ggg fff eee ddd ccc bbb a        value 10 (a) straddles words 0 and 1,
+//   word 2: vvv uuu ttt sss rrr qqq ppp ooo nnn mmm ll         value 21 (l) straddles words 1 and 2.
+//
+// qweight packs along K (rows), qzeros along N (columns); both use these helpers.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define GPTQ_HD __host__ __device__ __forceinline__
+#else
+#define GPTQ_HD inline
+#endif
+
+namespace gptq_kernels {
+namespace core {
+
+constexpr int kBlockValues = 32;  // values per block; a block is `bits` int32 words
+
+GPTQ_HD constexpr bool is_supported_bits(int64_t bits) {
+  return bits == 2 || bits == 3 || bits == 4 || bits == 8;
+}
+GPTQ_HD constexpr uint32_t value_mask(int bits) { return (1u << bits) - 1u; }
+
+// Position of value j (0..31) of a block: which word, which bit, and whether it spills into the next word.
+GPTQ_HD constexpr int word_of(int j, int bits) { return (j * bits) >> 5; }
+GPTQ_HD constexpr int shift_of(int j, int bits) { return (j * bits) & 31; }
+GPTQ_HD constexpr bool straddles(int j, int bits) { return shift_of(j, bits) + bits > 32; }
+
+// Value j of the block whose words are words[0], words[stride], ..., words[(bits-1)*stride].
+GPTQ_HD uint32_t extract(const uint32_t* words, int64_t stride, int j, int bits) {
+  const int w = word_of(j, bits), s = shift_of(j, bits);
+  uint32_t v = words[w * stride] >> s;
+  if (s + bits > 32) v |= words[(w + 1) * stride] << (32 - s);
+  return v & value_mask(bits);
+}
+
+// Writes value j of a block into words that start zeroed (ORs it in).
+GPTQ_HD void insert(uint32_t* words, int64_t stride, int j, int bits, uint32_t value) {
+  const int w = word_of(j, bits), s = shift_of(j, bits);
+  value &= value_mask(bits);
+  words[w * stride] |= value << s;
+  if (s + bits > 32) words[(w + 1) * stride] |= value >> (32 - s);
+}
+
+// Value i of a whole packed column (any i, not only within a block).
+GPTQ_HD uint32_t extract_at(const uint32_t* column, int64_t stride, int64_t i, int bits) {
+  const int64_t block = i / kBlockValues;
+  return extract(column + block * bits * stride, stride, static_cast<int>(i % kBlockValues), bits);
+}
+
+// Groups: G = ceil(K / group_size); group_size == -1 means one group spanning all of K.
+GPTQ_HD constexpr int64_t num_groups(int64_t k, int64_t group_size) {
+  return group_size == -1 ? 1 : (k + group_size - 1) / group_size;
+}
+GPTQ_HD constexpr int64_t group_of(int64_t k_index, int64_t group_size) {
+  return group_size == -1 ? 0 : k_index / group_size;
+}
+
+// Checkpoints store zero-1 (the AutoGPTQ "v1" convention); kernels add the 1 back.
+GPTQ_HD uint32_t stored_zero_to_zero(uint32_t stored) { return stored + 1; }
+
+}  // namespace core
+}  // namespace gptq_kernels

@@ -1,0 +1,38 @@
+// Input validation shared by every op and every device: each message names the op, the argument,
+// what it got and what it expected, so a user can fix the call without reading the kernel.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+namespace gptq_kernels {
+namespace core {
+
+// The shape of one quantized weight, derived from (and checked against) its packed tensors.
+struct QuantGeometry {
+  int64_t k;           // input features (rows of the dequantized [K, N] matrix)
+  int64_t n;           // output features
+  int64_t groups;      // G = ceil(K / group_size), or 1 when group_size == -1
+  int64_t bits;
+  int64_t group_size;  // -1 means one group per output channel
+};
+
+void check_bits(const char* op, int64_t bits);
+void check_group_size(const char* op, int64_t group_size);
+
+// qweight [K*bits/32, N] int32, qzeros [G, N*bits/32] int32, scales [G, N] float, g_idx [K] int32,
+// all contiguous and on the same device. Does not read tensor values (safe on any device).
+QuantGeometry check_quantized_weight(const char* op, const at::Tensor& qweight, const at::Tensor& qzeros,
+                                     const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
+                                     int64_t bits, int64_t group_size);
+
+// x [..., K] of float16/bfloat16/float32 on the weight's device; bias [N] of a float type.
+void check_activations(const char* op, const at::Tensor& x, const QuantGeometry& geometry,
+                       const at::Tensor& qweight);
+void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const QuantGeometry& geometry,
+                const at::Tensor& qweight);
+
+// Reads g_idx and checks every entry is a valid group index. Host memory only (CPU ops).
+void check_group_index_values(const char* op, const at::Tensor& g_idx, int64_t groups);
+
+}  // namespace core
+}  // namespace gptq_kernels

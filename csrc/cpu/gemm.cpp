@@ -1,0 +1,159 @@
+// CPU `gemm`: y = x @ W^T + bias with W in the GPTQ layout.
+//
+// Two paths:
+//  * few rows (M <= kFusedMaxRows) and groups that do not split a 32-row block: the fused kernel of
+//    cpu/gemv_tile.h, which reads each packed weight once and never forms the dequantized matrix;
+//  * otherwise (large batches, or act-order g_idx that has not been reordered): dequantize a tile of
+//    columns to fp32 and multiply it with the BLAS GEMM, whose speed a hand-written kernel would not beat.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/bitpack.h"
+#include "core/checks.h"
+#include "cpu/dequant.h"
+#include "cpu/gemv.h"
+
+namespace gptq_kernels {
+namespace cpu {
+namespace {
+
+// Above this many rows, decoding the weights once per 4 rows costs more than dequantize + BLAS.
+constexpr int64_t kFusedMaxRows = 32;
+// Columns per dequantized tile of the large-batch path: K * tile width floats stay within this many bytes.
+constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
+
+using GemvTilesFn = void (*)(const GemvProblem&, int64_t, int64_t);
+
+GemvTilesFn select_gemv_kernel() {
+#if defined(GPTQ_KERNELS_X86)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return &gemv_tiles_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    return &gemv_tiles_avx2;
+  }
+#endif
+  return &gemv_tiles_generic;
+}
+
+// Runs of 32-row blocks that share one group, or false when some block mixes groups.
+struct Segments {
+  std::vector<int64_t> begin;  // in blocks; begin.back() == number of blocks
+  std::vector<int64_t> group;
+};
+
+bool block_segments(const core::QuantGeometry& geo, const int32_t* g_idx, Segments& out) {
+  const int64_t blocks = geo.k / core::kBlockValues;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t k0 = b * core::kBlockValues;
+    auto group_of = [&](int64_t k) { return g_idx ? int64_t{g_idx[k]} : core::group_of(k, geo.group_size); };
+    const int64_t g = group_of(k0);
+    for (int64_t k = k0 + 1; k < k0 + core::kBlockValues; ++k) {
+      if (group_of(k) != g) return false;
+    }
+    if (out.group.empty() || out.group.back() != g) {
+      out.begin.push_back(b);
+      out.group.push_back(g);
+    }
+  }
+  out.begin.push_back(blocks);
+  return true;
+}
+
+ScaleType scale_type_of(const at::Tensor& scales) {
+  switch (scales.scalar_type()) {
+    case at::kHalf: return ScaleType::kHalf;
+    case at::kBFloat16: return ScaleType::kBFloat16;
+    default: return ScaleType::kFloat;
+  }
+}
+
+at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, const at::Tensor& qweight,
+                      const at::Tensor& qzeros, const at::Tensor& scales, const Segments& segments) {
+  static const GemvTilesFn kernel = select_gemv_kernel();
+  const int64_t m = x.size(0), num_segments = static_cast<int64_t>(segments.group.size());
+  const float* xp = x.data_ptr<float>();
+  // Per-row sums of x over each segment, in double: the zero-point term subtracts zero * sum(x) from
+  // sum(x * q), and both can be much larger than their difference.
+  std::vector<float> x_sums(m * num_segments);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t s = 0; s < num_segments; ++s) {
+      double sum = 0;
+      for (int64_t k = segments.begin[s] * 32; k < segments.begin[s + 1] * 32; ++k) sum += xp[r * geo.k + k];
+      x_sums[r * num_segments + s] = static_cast<float>(sum);
+    }
+  }
+  at::Tensor y = at::zeros({m, geo.n}, x.options());
+  GemvProblem p{};
+  p.x = xp;
+  p.m = m;
+  p.k = geo.k;
+  p.n = geo.n;
+  p.bits = static_cast<int>(geo.bits);
+  p.qweight = reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>());
+  p.qzeros = reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>());
+  p.scales = scales.data_ptr();
+  p.scale_type = scale_type_of(scales);
+  p.num_segments = num_segments;
+  p.segment_begin = segments.begin.data();
+  p.segment_group = segments.group.data();
+  p.x_segment_sums = x_sums.data();
+  p.y = y.data_ptr<float>();
+  at::parallel_for(0, geo.n / kTileColumns, 1, [&](int64_t t0, int64_t t1) { kernel(p, t0, t1); });
+  return y;
+}
+
+at::Tensor dequantize_then_gemm(const core::QuantGeometry& geo, const at::Tensor& x, const at::Tensor& qweight,
+                                const at::Tensor& qzeros, const at::Tensor& scales, const at::Tensor& g_idx) {
+  const int64_t tile = std::min(geo.n, std::max<int64_t>(32, kDequantTileBytes / 4 / geo.k / 32 * 32));
+  at::Tensor y = at::empty({x.size(0), geo.n}, x.options());
+  at::Tensor w = at::empty({geo.k, tile}, x.options());
+  for (int64_t n0 = 0; n0 < geo.n; n0 += tile) {
+    const int64_t width = std::min(tile, geo.n - n0);
+    at::Tensor w_tile = w.narrow(1, 0, width);
+    at::parallel_for(0, width / 32, 1, [&](int64_t t0, int64_t t1) {
+      dequantize_columns(geo, qweight, qzeros, scales, g_idx, n0 + t0 * 32, n0 + t1 * 32,
+                         w.data_ptr<float>() + t0 * 32, tile);
+    });
+    at::Tensor y_tile = y.narrow(1, n0, width);
+    at::mm_out(y_tile, x, w_tile);
+  }
+  return y;
+}
+
+at::Tensor gemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros,
+                    const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
+                    const c10::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+  constexpr const char* op = "gptq_kernels.gemm";
+  const core::QuantGeometry geo =
+      core::check_quantized_weight(op, qweight, qzeros, scales, g_idx, bits, group_size);
+  core::check_activations(op, x, geo, qweight);
+  core::check_bias(op, bias, geo, qweight);
+  if (g_idx.has_value()) core::check_group_index_values(op, *g_idx, geo.groups);
+
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = geo.n;
+  const at::Tensor x2 = x.reshape({-1, geo.k}).to(at::kFloat).contiguous();
+  if (x2.size(0) == 0) return at::empty(out_shape, x.options());
+
+  const int32_t* g = g_idx.has_value() ? g_idx->data_ptr<int32_t>() : nullptr;
+  Segments segments;
+  at::Tensor y;
+  if (x2.size(0) <= kFusedMaxRows && block_segments(geo, g, segments)) {
+    y = fused_gemv(geo, x2, qweight, qzeros, scales, segments);
+  } else {
+    y = dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx.has_value() ? *g_idx : at::Tensor());
+  }
+  if (bias.has_value()) y.add_(bias->to(at::kFloat));
+  return y.to(x.scalar_type()).view(out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gptq_kernels, CPU, m) { m.impl("gemm", &gemm_cpu); }
+
+}  // namespace cpu
+}  // namespace gptq_kernels

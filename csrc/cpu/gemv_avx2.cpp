@@ -1,0 +1,56 @@
+// The small-batch kernel compiled for AVX2 + FMA (8 float lanes). Chosen at run time by cpu/gemm.cpp.
+//
+// Everything included before the target pragma is compiled for the baseline instruction set, which
+// keeps shared inline functions (c10, the bit helpers) free of AVX2 code in every translation unit.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+
+#include <utility>
+
+#include "core/bitpack.h"
+#include "cpu/gemv.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+namespace gptq_kernels {
+namespace cpu {
+namespace {
+
+struct VecAvx2 {
+  static constexpr int kLanes = 8;
+  using F = __m256;
+  using I = __m256i;
+  static I load_u32(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  template <int S>
+  static I srl(I v) { return S == 0 ? v : _mm256_srli_epi32(v, S); }
+  template <int S>
+  static I sll(I v) { return _mm256_slli_epi32(v, S); }
+  static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  static I and_mask(I v, uint32_t mask) { return _mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(mask))); }
+  static F to_float(I v) { return _mm256_cvtepi32_ps(v); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F zero() { return _mm256_setzero_ps(); }
+};
+
+}  // namespace
+}  // namespace cpu
+}  // namespace gptq_kernels
+
+#include "cpu/gemv_tile.h"
+
+namespace gptq_kernels {
+namespace cpu {
+
+void gemv_tiles_avx2(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
+  gemv_tiles_for_bits<VecAvx2>(p, tile_begin, tile_end);
+}
+
+}  // namespace cpu
+}  // namespace gptq_kernels
+
+#pragma GCC pop_options

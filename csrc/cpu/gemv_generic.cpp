@@ -1,0 +1,48 @@
+// The small-batch kernel for CPUs without AVX2 (and non-x86 CPUs): the same body over plain arrays of
+// 8 floats, which the compiler vectorises for the baseline instruction set.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <utility>
+
+#include "core/bitpack.h"
+#include "cpu/gemv.h"
+
+namespace gptq_kernels {
+namespace cpu {
+namespace {
+
+struct VecGeneric {
+  static constexpr int kLanes = 8;
+  struct F { float v[kLanes]; };
+  struct I { uint32_t v[kLanes]; };
+  static I load_u32(const uint32_t* p) { I r; for (int i = 0; i < kLanes; ++i) r.v[i] = p[i]; return r; }
+  template <int S>
+  static I srl(I a) { for (auto& e : a.v) e >>= S; return a; }
+  template <int S>
+  static I sll(I a) { for (auto& e : a.v) e <<= S; return a; }
+  static I or_(I a, I b) { for (int i = 0; i < kLanes; ++i) a.v[i] |= b.v[i]; return a; }
+  static I and_mask(I a, uint32_t mask) { for (auto& e : a.v) e &= mask; return a; }
+  static F to_float(I a) { F r; for (int i = 0; i < kLanes; ++i) r.v[i] = static_cast<float>(a.v[i]); return r; }
+  static F fma(F a, F b, F c) { for (int i = 0; i < kLanes; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
+  static F set1(float x) { F r; for (auto& e : r.v) e = x; return r; }
+  static F load(const float* p) { F r; for (int i = 0; i < kLanes; ++i) r.v[i] = p[i]; return r; }
+  static void store(float* p, F a) { for (int i = 0; i < kLanes; ++i) p[i] = a.v[i]; }
+  static F zero() { return set1(0.0f); }
+};
+
+}  // namespace
+}  // namespace cpu
+}  // namespace gptq_kernels
+
+#include "cpu/gemv_tile.h"
+
+namespace gptq_kernels {
+namespace cpu {
+
+void gemv_tiles_generic(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
+  gemv_tiles_for_bits<VecGeneric>(p, tile_begin, tile_end);
+}
+
+}  // namespace cpu
+}  // namespace gptq_kernels

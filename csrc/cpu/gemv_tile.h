@@ -1,0 +1,136 @@
+// The small-batch kernel body, written once against a vector "traits" type (Vec) and compiled once per
+// instruction set (gemv_generic.cpp, gemv_avx2.cpp, gemv_avx512.cpp). Include it only after the
+// including file has set its target options: everything here has internal linkage so the copies built
+// for different instruction sets never meet at link time.
+//
+// Vec provides: kLanes, F (float vector), I (uint32 vector), load_u32, srl<S>, sll<S>, and_mask, or_,
+// to_float, fma(a, b, c) = a*b + c, set1, load, store, zero.
+#pragma once
+#include <cstdint>
+#include <utility>
+
+#include "core/bitpack.h"
+#include "cpu/gemv.h"
+
+namespace gptq_kernels {
+namespace cpu {
+namespace {
+
+constexpr int kMaxRowsPerPass = 4;  // rows sharing one decode of the weights; 4 keeps accumulators in registers
+
+// Where value J of a 32-value block sits, known at compile time so every shift is an immediate.
+template <int BITS, int J>
+struct ValueSlot {
+  static constexpr int word = core::word_of(J, BITS);
+  static constexpr int shift = core::shift_of(J, BITS);
+  static constexpr bool straddles = core::straddles(J, BITS);
+  // The top value of a word needs no mask: the shift already cleared everything above it.
+  static constexpr bool needs_mask = straddles || shift + BITS < 32;
+};
+
+// Decodes value J of the block for every column of the tile and adds x[r, J] * q to each row's sums.
+template <class Vec, int BITS, int ROWS, int J>
+inline void accumulate_value(const uint32_t* block, int64_t n, const float* x, int64_t ldx,
+                             typename Vec::F (&acc)[ROWS][kTileColumns / Vec::kLanes]) {
+  using Slot = ValueSlot<BITS, J>;
+  constexpr int kVectors = kTileColumns / Vec::kLanes;
+  typename Vec::F xv[ROWS];
+  for (int r = 0; r < ROWS; ++r) xv[r] = Vec::set1(x[r * ldx + J]);
+  for (int v = 0; v < kVectors; ++v) {
+    auto q = Vec::template srl<Slot::shift>(Vec::load_u32(block + Slot::word * n + v * Vec::kLanes));
+    if constexpr (Slot::straddles) {
+      q = Vec::or_(q, Vec::template sll<32 - Slot::shift>(
+                          Vec::load_u32(block + (Slot::word + 1) * n + v * Vec::kLanes)));
+    }
+    if constexpr (Slot::needs_mask) q = Vec::and_mask(q, core::value_mask(BITS));
+    const auto qf = Vec::to_float(q);
+    for (int r = 0; r < ROWS; ++r) acc[r][v] = Vec::fma(xv[r], qf, acc[r][v]);
+  }
+}
+
+template <class Vec, int BITS, int ROWS, size_t... J>
+inline void accumulate_block(const uint32_t* block, int64_t n, const float* x, int64_t ldx,
+                             typename Vec::F (&acc)[ROWS][kTileColumns / Vec::kLanes], std::index_sequence<J...>) {
+  (accumulate_value<Vec, BITS, ROWS, static_cast<int>(J)>(block, n, x, ldx, acc), ...);
+}
+
+// scale[c] and scale[c] * zero[c] of group g for the tile's 32 columns.
+template <int BITS>
+inline void load_group(const GemvProblem& p, int64_t g, int64_t n0, float* scale, float* scaled_zero) {
+  const uint32_t* zero_block = p.qzeros + g * (p.n * BITS / 32) + (n0 / 32) * BITS;
+  const int64_t offset = g * p.n + n0;
+  for (int c = 0; c < kTileColumns; ++c) {
+    float s;
+    switch (p.scale_type) {
+      case ScaleType::kHalf: s = static_cast<float>(static_cast<const c10::Half*>(p.scales)[offset + c]); break;
+      case ScaleType::kBFloat16:
+        s = static_cast<float>(static_cast<const c10::BFloat16*>(p.scales)[offset + c]);
+        break;
+      default: s = static_cast<const float*>(p.scales)[offset + c];
+    }
+    scale[c] = s;
+    scaled_zero[c] = s * static_cast<float>(core::stored_zero_to_zero(core::extract(zero_block, 1, c, BITS)));
+  }
+}
+
+// One segment x one tile x ROWS rows starting at row m0.
+template <class Vec, int BITS, int ROWS>
+void segment_tile(const GemvProblem& p, int64_t segment, int64_t n0, int64_t m0, const float* scale,
+                  const float* scaled_zero) {
+  constexpr int kVectors = kTileColumns / Vec::kLanes;
+  typename Vec::F acc[ROWS][kVectors];
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < kVectors; ++v) acc[r][v] = Vec::zero();
+
+  const float* x = p.x + m0 * p.k;
+  for (int64_t b = p.segment_begin[segment]; b < p.segment_begin[segment + 1]; ++b) {
+    accumulate_block<Vec, BITS, ROWS>(p.qweight + b * BITS * p.n + n0, p.n, x + b * 32, p.k, acc,
+                                      std::make_index_sequence<core::kBlockValues>{});
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    const auto x_sum = Vec::set1(-p.x_segment_sums[(m0 + r) * p.num_segments + segment]);
+    float* y = p.y + (m0 + r) * p.n + n0;
+    for (int v = 0; v < kVectors; ++v) {
+      const int c = v * Vec::kLanes;
+      // y += scale * acc - scale * zero * sum(x)
+      auto out = Vec::fma(Vec::load(scale + c), acc[r][v], Vec::load(y + c));
+      Vec::store(y + c, Vec::fma(Vec::load(scaled_zero + c), x_sum, out));
+    }
+  }
+}
+
+// Segment-major order: each thread sweeps its column range row band by row band, so the packed weights
+// stream through memory sequentially, and the (segment, tile) piece stays in L1 while all row passes use it.
+template <class Vec, int BITS>
+void gemv_tiles(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
+  alignas(64) float scale[kTileColumns];
+  alignas(64) float scaled_zero[kTileColumns];
+  for (int64_t s = 0; s < p.num_segments; ++s) {
+    for (int64_t t = tile_begin; t < tile_end; ++t) {
+      const int64_t n0 = t * kTileColumns;
+      load_group<BITS>(p, p.segment_group[s], n0, scale, scaled_zero);
+      for (int64_t m0 = 0; m0 < p.m; m0 += kMaxRowsPerPass) {
+        switch (p.m - m0) {
+          case 1: segment_tile<Vec, BITS, 1>(p, s, n0, m0, scale, scaled_zero); break;
+          case 2: segment_tile<Vec, BITS, 2>(p, s, n0, m0, scale, scaled_zero); break;
+          case 3: segment_tile<Vec, BITS, 3>(p, s, n0, m0, scale, scaled_zero); break;
+          default: segment_tile<Vec, BITS, kMaxRowsPerPass>(p, s, n0, m0, scale, scaled_zero);
+        }
+      }
+    }
+  }
+}
+
+template <class Vec>
+void gemv_tiles_for_bits(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
+  switch (p.bits) {
+    case 2: gemv_tiles<Vec, 2>(p, tile_begin, tile_end); break;
+    case 3: gemv_tiles<Vec, 3>(p, tile_begin, tile_end); break;
+    case 4: gemv_tiles<Vec, 4>(p, tile_begin, tile_end); break;
+    default: gemv_tiles<Vec, 8>(p, tile_begin, tile_end);
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace gptq_kernels

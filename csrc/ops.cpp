@@ -1,0 +1,31 @@
+// Every op schema of the extension, in one place: this is the contract other projects link against.
+// Implementations register per device (csrc/cpu/*.cpp, csrc/cuda/*.cu); shape functions for
+// torch.compile live in gptq_kernels/ops.py.
+//
+// Layout (see csrc/core/bitpack.h and README "Checkpoint layout"): for a weight W of shape [N, K]
+// (nn.Linear convention), qweight is int32 [K*bits/32, N], qzeros int32 [G, N*bits/32] holding zero-1,
+// scales [G, N], g_idx int32 [K] mapping input channel -> group, G = ceil(K / group_size).
+// Dequantized: W^T[k, n] = scales[g, n] * (q[k, n] - (stored_zero[g, n] + 1)), g = g_idx[k] or k / group_size.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing gptq_kernels._C runs the static registrations below; the module itself has no members.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+}
+
+TORCH_LIBRARY(gptq_kernels, m) {
+  // values int32 [K, N] with entries in [0, 2^bits), K a multiple of 32 -> int32 [K*bits/32, N].
+  m.def("pack(Tensor values, int bits) -> Tensor");
+  // The inverse of pack: int32 [K*bits/32, N] -> int32 [K, N].
+  m.def("unpack(Tensor packed, int bits) -> Tensor");
+  // W^T as a dense [K, N] tensor of scales.dtype. g_idx None means g = k / group_size.
+  m.def("dequantize(Tensor qweight, Tensor qzeros, Tensor scales, Tensor? g_idx, int bits, int group_size)"
+        " -> Tensor");
+  // y = x @ W^T + bias for x [..., K] (float16/bfloat16/float32); y [..., N] has x's dtype.
+  m.def("gemm(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor? g_idx, Tensor? bias, int bits,"
+        " int group_size) -> Tensor");
+}

@@ -1,0 +1,100 @@
+"""Typed Python entry points to the compiled ops, and their shape functions for torch.compile.
+
+The schemas live in csrc/ops.cpp (``torch.ops.gptq_kernels.*``); this module loads the extension, registers
+a fake (meta) implementation for every op so that ``torch.compile(fullgraph=True)`` can trace through them,
+and says which devices have a compiled kernel. Without the extension every function here raises, and
+``QuantLinear`` falls back to gptq_kernels.reference.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (importing it registers the ops)
+
+    _IMPORT_ERROR: Optional[BaseException] = None
+except ImportError as error:  # not built: pure-PyTorch fallback only
+    _IMPORT_ERROR = error
+    warnings.warn(
+        f"gptq_kernels: compiled extension not available ({error}); using the pure-PyTorch reference. "
+        "Build it with `pip install --no-build-isolation -e .`",
+        stacklevel=2,
+    )
+
+
+def compiled_available() -> bool:
+    return _IMPORT_ERROR is None
+
+
+def has_kernel(device_type: str, op: str = "gemm") -> bool:
+    """Whether the compiled extension has a kernel for `op` on devices of this type ("cpu", "cuda")."""
+    if _IMPORT_ERROR is not None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"gptq_kernels::{op}", key)
+
+
+def _require_compiled():
+    if _IMPORT_ERROR is not None:
+        raise RuntimeError(f"gptq_kernels: the compiled extension is not available: {_IMPORT_ERROR}")
+
+
+def pack(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 [K, N] with entries in [0, 2^bits), K a multiple of 32 -> int32 [K*bits/32, N]."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.pack(values, bits)
+
+
+def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 [K*bits/32, N] -> int32 [K, N]."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.unpack(packed, bits)
+
+
+def dequantize(qweight, qzeros, scales, g_idx: Optional[torch.Tensor], bits: int, group_size: int) -> torch.Tensor:
+    """W^T as a dense [K, N] tensor of scales' dtype."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.dequantize(qweight, qzeros, scales, g_idx, bits, group_size)
+
+
+def gemm(x, qweight, qzeros, scales, g_idx: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int,
+         group_size: int) -> torch.Tensor:
+    """y = x @ W^T + bias for x [..., K]; y [..., N] in x's dtype."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.gemm(x, qweight, qzeros, scales, g_idx, bias, bits, group_size)
+
+
+def _check_bits(bits: int) -> None:
+    torch._check(bits in (2, 3, 4, 8), lambda: f"bits must be 2, 3, 4 or 8, got {bits}")
+
+
+if _IMPORT_ERROR is None:
+
+    @torch.library.register_fake("gptq_kernels::pack")
+    def _pack_fake(values, bits):
+        _check_bits(bits)
+        torch._check(values.dim() == 2, lambda: "values must be 2-D")
+        torch._check(values.shape[0] % 32 == 0, lambda: "values.shape[0] must be a multiple of 32")
+        return values.new_empty((values.shape[0] // 32 * bits, values.shape[1]), dtype=torch.int32)
+
+    @torch.library.register_fake("gptq_kernels::unpack")
+    def _unpack_fake(packed, bits):
+        _check_bits(bits)
+        torch._check(packed.dim() == 2, lambda: "packed must be 2-D")
+        torch._check(packed.shape[0] % bits == 0, lambda: "packed.shape[0] must be a multiple of bits")
+        return packed.new_empty((packed.shape[0] // bits * 32, packed.shape[1]), dtype=torch.int32)
+
+    @torch.library.register_fake("gptq_kernels::dequantize")
+    def _dequantize_fake(qweight, qzeros, scales, g_idx, bits, group_size):
+        _check_bits(bits)
+        return scales.new_empty((qweight.shape[0] // bits * 32, qweight.shape[1]))
+
+    @torch.library.register_fake("gptq_kernels::gemm")
+    def _gemm_fake(x, qweight, qzeros, scales, g_idx, bias, bits, group_size):
+        _check_bits(bits)
+        k = qweight.shape[0] // bits * 32
+        torch._check(x.shape[-1] == k, lambda: f"x has {x.shape[-1]} features, the weight has K = {k}")
+        return x.new_empty((*x.shape[:-1], qweight.shape[1]))
