@@ -42,7 +42,10 @@ def build_extension():
     cpu_sources = sources("csrc/*.cpp") + sources("csrc/core/*.cpp") + sources("csrc/cpu/*.cpp")
     if not is_x86:  # the AVX kernels are x86-only; the generic kernel serves other CPUs
         cpu_sources = [s for s in cpu_sources if "avx" not in os.path.basename(s)]
-    cxx_flags = ["-O3"] + (["-DGPTQ_KERNELS_X86"] if is_x86 else [])
+    # at::parallel_for is OpenMP inside ATen's headers: without -fopenmp our loops would run on one thread.
+    # The runtime resolves to the libgomp that torch already loaded (same soname).
+    cxx_flags = ["-O3", "-fopenmp"] + (["-DGPTQ_KERNELS_X86"] if is_x86 else [])
+    link_flags = ["-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
 
     reason = cuda_build_reason()
@@ -57,10 +60,12 @@ def build_extension():
             cpu_sources + cuda_sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags + ["-DGPTQ_KERNELS_CUDA"], "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
         )
     print(f"gptq_kernels: building CPU kernels only ({reason or 'no CUDA sources'})")
     return cpp_extension.CppExtension(
-        "gptq_kernels._C", cpu_sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags}
+        "gptq_kernels._C", cpu_sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
     )
 
 

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "core/bitpack.h"
@@ -86,9 +87,17 @@ at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, const
       x_sums[r * num_segments + s] = static_cast<float>(sum);
     }
   }
+  float position_scale[core::kBlockValues];
+  for (int j = 0; j < core::kBlockValues; ++j) {
+    position_scale[j] = std::ldexp(1.0f, x_scale_exponent(static_cast<int>(geo.bits), j));
+  }
+  at::Tensor x_scaled = at::empty_like(x);
+  float* xs = x_scaled.data_ptr<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) xs[i] = xp[i] * position_scale[i % core::kBlockValues];
+
   at::Tensor y = at::zeros({m, geo.n}, x.options());
   GemvProblem p{};
-  p.x = xp;
+  p.x = xs;
   p.m = m;
   p.k = geo.k;
   p.n = geo.n;

@@ -16,40 +16,51 @@ namespace gptq_kernels {
 namespace cpu {
 namespace {
 
+// The decode of one block is 32 small template functions: they must inline into one loop body, or the
+// accumulators would live in memory instead of registers.
+#define GPTQ_ALWAYS_INLINE inline __attribute__((always_inline))
+
 constexpr int kMaxRowsPerPass = 4;  // rows sharing one decode of the weights; 4 keeps accumulators in registers
 
-// Where value J of a 32-value block sits, known at compile time so every shift is an immediate.
+// Where value J of a 32-value block sits, known at compile time so every shift and mask is an immediate.
 template <int BITS, int J>
 struct ValueSlot {
   static constexpr int word = core::word_of(J, BITS);
   static constexpr int shift = core::shift_of(J, BITS);
   static constexpr bool straddles = core::straddles(J, BITS);
-  // The top value of a word needs no mask: the shift already cleared everything above it.
-  static constexpr bool needs_mask = straddles || shift + BITS < 32;
+  // Values that neither straddle nor touch bit 31 are masked where they lie, q * 2^shift, and converted
+  // without a shift: the activation was pre-scaled by 2^-shift (see x_scale_exponent in gemv.h), and the product
+  // x * 2^-shift * q * 2^shift is exactly x * q. That saves one instruction per weight.
+  static constexpr bool in_place = !straddles && shift + BITS < 32;
 };
 
 // Decodes value J of the block for every column of the tile and adds x[r, J] * q to each row's sums.
 template <class Vec, int BITS, int ROWS, int J>
-inline void accumulate_value(const uint32_t* block, int64_t n, const float* x, int64_t ldx,
+GPTQ_ALWAYS_INLINE void accumulate_value(const uint32_t* block, int64_t n, const float* x, int64_t ldx,
                              typename Vec::F (&acc)[ROWS][kTileColumns / Vec::kLanes]) {
   using Slot = ValueSlot<BITS, J>;
   constexpr int kVectors = kTileColumns / Vec::kLanes;
   typename Vec::F xv[ROWS];
   for (int r = 0; r < ROWS; ++r) xv[r] = Vec::set1(x[r * ldx + J]);
   for (int v = 0; v < kVectors; ++v) {
-    auto q = Vec::template srl<Slot::shift>(Vec::load_u32(block + Slot::word * n + v * Vec::kLanes));
-    if constexpr (Slot::straddles) {
-      q = Vec::or_(q, Vec::template sll<32 - Slot::shift>(
-                          Vec::load_u32(block + (Slot::word + 1) * n + v * Vec::kLanes)));
+    const auto word = Vec::load_u32(block + Slot::word * n + v * Vec::kLanes);
+    typename Vec::I q;
+    if constexpr (Slot::in_place) {
+      q = Vec::and_mask(word, core::value_mask(BITS) << Slot::shift);
+    } else if constexpr (Slot::straddles) {
+      q = Vec::or_(Vec::template srl<Slot::shift>(word),
+                   Vec::template sll<32 - Slot::shift>(Vec::load_u32(block + (Slot::word + 1) * n + v * Vec::kLanes)));
+      q = Vec::and_mask(q, core::value_mask(BITS));
+    } else {  // the top value of a word: the shift clears everything above it
+      q = Vec::template srl<Slot::shift>(word);
     }
-    if constexpr (Slot::needs_mask) q = Vec::and_mask(q, core::value_mask(BITS));
     const auto qf = Vec::to_float(q);
     for (int r = 0; r < ROWS; ++r) acc[r][v] = Vec::fma(xv[r], qf, acc[r][v]);
   }
 }
 
 template <class Vec, int BITS, int ROWS, size_t... J>
-inline void accumulate_block(const uint32_t* block, int64_t n, const float* x, int64_t ldx,
+GPTQ_ALWAYS_INLINE void accumulate_block(const uint32_t* block, int64_t n, const float* x, int64_t ldx,
                              typename Vec::F (&acc)[ROWS][kTileColumns / Vec::kLanes], std::index_sequence<J...>) {
   (accumulate_value<Vec, BITS, ROWS, static_cast<int>(J)>(block, n, x, ldx, acc), ...);
 }

@@ -1,0 +1,53 @@
+"""An independent GPTQ packer for the tests: it lays values out bit by bit (numpy), with no shift arithmetic
+shared with gptq_kernels, so a bug in the library's packing cannot hide in both."""
+import numpy as np
+import torch
+
+
+def pack_bitstream(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """int values [K, N] -> int32 [K*bits/32, N]: column n's values form one little-endian bit stream."""
+    v = values.numpy().astype(np.uint64)
+    k, n = v.shape
+    stream = ((v[:, :, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint64)  # [K, N, bits]
+    stream = stream.transpose(1, 0, 2).reshape(n, k * bits // 32, 32)  # per column: words of 32 bits
+    words = (stream << np.arange(32, dtype=np.uint64)).sum(axis=2).astype(np.uint32)  # [N, words]
+    return torch.from_numpy(words.T.copy().view(np.int32))
+
+
+def unpack_bitstream(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    w = packed.numpy().view(np.uint32).astype(np.uint64)  # [words, N]
+    rows, n = w.shape
+    stream = ((w.T[:, :, None] >> np.arange(32, dtype=np.uint64)) & 1).reshape(n, rows * 32 // bits, bits)
+    values = (stream << np.arange(bits, dtype=np.uint64)).sum(axis=2)
+    return torch.from_numpy(values.T.astype(np.int32).copy())
+
+
+def random_layer(k: int, n: int, bits: int, group_size: int, act_order: bool = False, sym: bool = False,
+                 scale_dtype=torch.float16):
+    """Random integers, scales, zeros and g_idx of a layer, packed with the independent packer.
+
+    Returns (tensors, q [K, N], scale [G, N] float64, zero [G, N], g_idx [K]) so tests can build the expected
+    weight straight from the integers."""
+    groups = 1 if group_size == -1 else -(-k // group_size)
+    q = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32)
+    if sym:
+        zero = torch.full((groups, n), 1 << (bits - 1), dtype=torch.int32)
+    else:
+        zero = torch.randint(1, 1 << bits, (groups, n), dtype=torch.int32)  # the v1 layout stores zero-1 >= 0
+    scale = (torch.rand(groups, n, dtype=torch.float64) * 0.02 + 0.001).to(scale_dtype)
+    g_idx = torch.arange(k, dtype=torch.int32) // group_size if group_size != -1 else torch.zeros(k, dtype=torch.int32)
+    if act_order:
+        g_idx = g_idx[torch.randperm(k)]
+    tensors = {
+        "qweight": pack_bitstream(q, bits),
+        "qzeros": pack_bitstream((zero - 1).t().contiguous(), bits).t().contiguous(),
+        "scales": scale,
+        "g_idx": g_idx,
+    }
+    return tensors, q, scale.double(), zero, g_idx
+
+
+def expected_weight_t(q, scale, zero, g_idx) -> torch.Tensor:
+    """W^T [K, N] in float64 straight from the integers."""
+    g = g_idx.long()
+    return scale.double()[g] * (q.double() - zero.double()[g])

@@ -1,0 +1,169 @@
+"""CPU dequantize and gemm against the float64 reference built from the integers themselves."""
+import itertools
+
+import pytest
+import torch
+
+from bitstream import expected_weight_t, random_layer
+from conftest import TOLERANCE, relative_error
+from gptq_kernels import ops, reference
+
+pytestmark = pytest.mark.skipif(not ops.has_kernel("cpu"), reason="compiled CPU kernels not built")
+
+BITS = [2, 3, 4, 8]
+GROUP_SIZES = [32, 64, 128, -1]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Rows of x: 1 and small counts take the fused kernel; 33 and 257 the dequantize + GEMM path.
+ROWS = [1, 3, 26, 33, 257]
+
+
+def call_gemm(x, tensors, bits, group_size, bias=None, pass_g_idx=True):
+    return ops.gemm(x, tensors["qweight"], tensors["qzeros"], tensors["scales"],
+                    tensors["g_idx"] if pass_g_idx else None, bias, bits, group_size)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("group_size", GROUP_SIZES)
+@pytest.mark.parametrize("act_order", [False, True])
+def test_dequantize_is_exact(bits, group_size, act_order):
+    tensors, q, scale, zero, g_idx = random_layer(576, 96, bits, group_size, act_order=act_order)
+    expected = expected_weight_t(q, scale, zero, g_idx)
+    out = ops.dequantize(tensors["qweight"], tensors["qzeros"], tensors["scales"], tensors["g_idx"], bits, group_size)
+    assert out.dtype == torch.float16 and out.shape == (576, 96)
+    # fp16 scale times a small integer is exact in fp32; the fp16 result is the rounded exact value.
+    assert torch.equal(out, expected.to(torch.float16))
+    ref = reference.dequantize(tensors["qweight"], tensors["qzeros"], tensors["scales"], tensors["g_idx"], bits,
+                               group_size, dtype=torch.float64)
+    assert torch.equal(ref, expected)
+
+
+@pytest.mark.parametrize("bits,group_size,dtype,act_order", list(itertools.product(BITS, GROUP_SIZES, DTYPES,
+                                                                                      [False, True])))
+def test_gemm_matches_float64_reference(bits, group_size, dtype, act_order):
+    k, n = 576, 96  # SmolLM2's hidden size: with group_size 128 the last group is partial (64 channels)
+    sym = bool(torch.randint(0, 2, ()).item())
+    tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size, act_order=act_order, sym=sym)
+    w_t = expected_weight_t(q, scale, zero, g_idx)
+    if act_order:  # sorted by group, as QuantLinear stores act-order layers: the fused kernel's case
+        perm = torch.argsort(g_idx, stable=True)
+        sorted_tensors = dict(tensors, qweight=ops.pack(q[perm].contiguous(), bits), g_idx=g_idx[perm].contiguous())
+    for rows in ROWS:
+        x = torch.randn(rows, k).to(dtype)
+        expected = x.double() @ w_t
+        y = call_gemm(x, tensors, bits, group_size)
+        assert y.dtype == dtype and y.shape == (rows, n)
+        assert relative_error(y, expected) < TOLERANCE[dtype], (rows, sym)
+        if act_order:
+            y_sorted = call_gemm(x[:, perm], sorted_tensors, bits, group_size)
+            assert relative_error(y_sorted, expected) < TOLERANCE[dtype], (rows, sym)
+        elif group_size != -1:  # g_idx None means k // group_size
+            assert torch.equal(call_gemm(x, tensors, bits, group_size, pass_g_idx=False), y)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_gemm_long_k_accumulates_accurately(bits):
+    tensors, q, scale, zero, g_idx = random_layer(4096, 64, bits, 128)
+    for rows in (1, 7, 40):
+        x = torch.randn(rows, 4096)
+        assert relative_error(call_gemm(x, tensors, bits, 128), x.double() @ expected_weight_t(q, scale, zero, g_idx)) < 1e-5
+
+
+@pytest.mark.parametrize("group_size", [16, 48, 100, 1000])
+def test_gemm_group_sizes_that_split_blocks(group_size):
+    tensors, q, scale, zero, g_idx = random_layer(576, 64, 4, group_size)
+    for rows in (1, 5):
+        x = torch.randn(rows, 576)
+        assert relative_error(call_gemm(x, tensors, 4, group_size), x.double() @ expected_weight_t(q, scale, zero, g_idx)) < 1e-5
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gemm_scale_dtypes_and_bias(scale_dtype):
+    tensors, q, scale, zero, g_idx = random_layer(256, 64, 3, 64, scale_dtype=scale_dtype)
+    bias = torch.randn(64).to(scale_dtype)
+    for rows in (2, 40):
+        x = torch.randn(rows, 256)
+        expected = x.double() @ expected_weight_t(q, scale, zero, g_idx) + bias.double()
+        assert relative_error(call_gemm(x, tensors, 3, 64, bias=bias), expected) < 1e-5
+
+
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_gemm_3d_and_non_contiguous_inputs(rows):
+    tensors, q, scale, zero, g_idx = random_layer(320, 64, 4, 32)
+    w_t = expected_weight_t(q, scale, zero, g_idx)
+    x3 = torch.randn(2, rows, 320)
+    y3 = call_gemm(x3, tensors, 4, 32)
+    assert y3.shape == (2, rows, 64)
+    assert relative_error(y3, x3.double() @ w_t) < 1e-5
+    # Transposed view, and every other column of a wider tensor.
+    x_t = torch.randn(320, rows + 1).t()[:rows]
+    x_strided = torch.randn(rows, 640)[:, ::2]
+    for x in (x_t, x_strided):
+        assert not x.is_contiguous()
+        assert relative_error(call_gemm(x, tensors, 4, 32), x.double() @ w_t) < 1e-5
+
+
+def test_gemm_empty_batch():
+    tensors, *_ = random_layer(64, 32, 4, 32)
+    assert call_gemm(torch.randn(0, 64), tensors, 4, 32).shape == (0, 32)
+    assert call_gemm(torch.randn(3, 0, 64), tensors, 4, 32).shape == (3, 0, 32)
+
+
+def _bad_inputs():
+    t, *_ = random_layer(64, 64, 4, 32)
+    x = torch.randn(2, 64)
+    cases = {
+        "bits": (dict(bits=5), "bits must be 2, 3, 4 or 8, got 5"),
+        "group_size": (dict(group_size=0), "group_size must be -1 .* or positive, got 0"),
+        "qweight dtype": (dict(qweight=t["qweight"].float()), "qweight must be Int, got Float"),
+        "qweight 1-D": (dict(qweight=t["qweight"].flatten()), "qweight must be 2-D"),
+        "qweight non-contiguous": (dict(qweight=torch.zeros(64, 8, dtype=torch.int32).t()),
+                                   "qweight must be contiguous"),
+        "qweight rows": (dict(qweight=torch.zeros(7, 64, dtype=torch.int32)), "qweight has 7 rows"),
+        "N not a multiple of 32": (dict(qweight=torch.zeros(8, 48, dtype=torch.int32)),
+                                   "N = qweight.size\\(1\\) = 48 must be a positive multiple of 32"),
+        "qzeros shape": (dict(qzeros=t["qzeros"][:1]), "qzeros must have shape \\[2, 8\\]"),
+        "qzeros dtype": (dict(qzeros=t["qzeros"].long()), "qzeros must be Int, got Long"),
+        "scales dtype": (dict(scales=t["scales"].double()), "scales must be float16, bfloat16 or float32, got Double"),
+        "scales shape": (dict(scales=t["scales"][:, :32].contiguous()), "scales must have shape \\[2, 64\\]"),
+        "g_idx dtype": (dict(g_idx=t["g_idx"].long()), "g_idx must be int32, got Long"),
+        "g_idx length": (dict(g_idx=t["g_idx"][:32].contiguous()), "g_idx must have shape \\[K=64\\]"),
+        "g_idx value": (dict(g_idx=torch.full((64,), 2, dtype=torch.int32)), "g_idx\\[0\\] = 2 is not a group index"),
+        "x features": (dict(x=torch.randn(2, 32)), "x has 32 features .* K = 64"),
+        "x dtype": (dict(x=torch.ones(2, 64, dtype=torch.int32)), "x must be float16, bfloat16 or float32, got Int"),
+        "x float64": (dict(x=torch.randn(2, 64, dtype=torch.float64)), "got Double"),
+        "bias shape": (dict(bias=torch.randn(32)), "bias must have shape \\[N=64\\]"),
+        "bias dtype": (dict(bias=torch.ones(64, dtype=torch.int64)), "bias must be float16, bfloat16 or float32"),
+    }
+    for name, (override, match) in cases.items():
+        args = dict(x=x, qweight=t["qweight"], qzeros=t["qzeros"], scales=t["scales"], g_idx=t["g_idx"], bias=None,
+                    bits=4, group_size=32)
+        args.update(override)
+        yield pytest.param(args, match, id=name)
+
+
+@pytest.mark.parametrize("args,match", list(_bad_inputs()))
+def test_gemm_rejects_bad_inputs_with_clear_errors(args, match):
+    with pytest.raises(RuntimeError, match=r"gptq_kernels\.gemm: .*" + match):
+        ops.gemm(**args)
+
+
+def test_dequantize_rejects_bad_inputs():
+    t, *_ = random_layer(64, 64, 4, 32)
+    with pytest.raises(RuntimeError, match="gptq_kernels.dequantize: scales must have shape"):
+        ops.dequantize(t["qweight"], t["qzeros"], t["scales"][:1].contiguous(), None, 4, 32)
+    with pytest.raises(RuntimeError, match="gptq_kernels.dequantize: g_idx\\[5\\] = -1"):
+        g = t["g_idx"].clone()
+        g[5] = -1
+        ops.dequantize(t["qweight"], t["qzeros"], t["scales"], g, 4, 32)
+
+
+def test_opcheck():
+    t, *_ = random_layer(96, 64, 3, 32, act_order=True)
+    x = torch.randn(3, 96)
+    torch.library.opcheck(torch.ops.gptq_kernels.gemm,
+                          (x, t["qweight"], t["qzeros"], t["scales"], t["g_idx"], torch.randn(64), 3, 32))
+    torch.library.opcheck(torch.ops.gptq_kernels.gemm, (x.half(), t["qweight"], t["qzeros"], t["scales"], None, None, 3, 32))
+    torch.library.opcheck(torch.ops.gptq_kernels.dequantize, (t["qweight"], t["qzeros"], t["scales"], t["g_idx"], 3, 32))
+    values = torch.randint(0, 8, (64, 32), dtype=torch.int32)
+    torch.library.opcheck(torch.ops.gptq_kernels.pack, (values, 3))
+    torch.library.opcheck(torch.ops.gptq_kernels.unpack, (ops.pack(values, 3), 3))

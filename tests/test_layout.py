@@ -1,0 +1,87 @@
+"""The GPTQ bit layout: the library's packers against the independent bit-stream packer, exactly."""
+import pytest
+import torch
+
+from bitstream import pack_bitstream, unpack_bitstream
+from gptq_kernels import format, ops, reference
+
+BITS = [2, 3, 4, 8]
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("k,n", [(32, 32), (96, 64), (576, 96)])
+def test_pack_matches_independent_bitstream(bits, k, n):
+    values = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32)
+    expected = pack_bitstream(values, bits)
+    assert expected.shape == (k * bits // 32, n)
+    assert torch.equal(reference.pack_rows(values, bits), expected)
+    assert torch.equal(ops.pack(values, bits), expected)
+    assert torch.equal(reference.unpack_rows(expected, bits), values)
+    assert torch.equal(ops.unpack(expected, bits), values)
+    assert torch.equal(unpack_bitstream(expected, bits), values)
+
+
+def test_three_bit_values_straddle_words():
+    # Value 10 of a block occupies stream bits 30..32: its low two bits end word 0, its top bit starts word 1.
+    values = torch.zeros(32, 32, dtype=torch.int32)
+    values[10, 0] = 0b101
+    values[21, 1] = 0b110  # stream bits 63..65: bit 31 of word 1, bits 0-1 of word 2
+    packed = ops.pack(values, 3)
+    words = packed.numpy().view("uint32")
+    assert words[0, 0] == 0b01 << 30 and words[1, 0] == 1 and words[2, 0] == 0
+    assert words[0, 1] == 0 and words[1, 1] == 0 and words[2, 1] == 0b11
+    assert torch.equal(ops.unpack(packed, 3), values)
+
+
+def test_zeros_store_zero_minus_one():
+    zeros = torch.randint(1, 16, (5, 64), dtype=torch.int32)
+    qzeros = reference.pack_zeros(zeros, 4)
+    assert qzeros.shape == (5, 64 * 4 // 32)
+    assert torch.equal(qzeros, pack_bitstream((zeros - 1).t().contiguous(), 4).t())
+    assert torch.equal(reference.unpack_zeros(qzeros, 4), zeros)
+    with pytest.raises(ValueError, match="zero point of 0"):
+        reference.pack_zeros(torch.zeros(1, 32, dtype=torch.int32), 4)
+
+
+@pytest.mark.parametrize("bits", [0, 1, 5, 16])
+def test_pack_rejects_unsupported_bits(bits):
+    with pytest.raises(RuntimeError, match=f"bits must be 2, 3, 4 or 8, got {bits}"):
+        ops.pack(torch.zeros(32, 32, dtype=torch.int32), bits)
+    with pytest.raises(RuntimeError, match=f"bits must be 2, 3, 4 or 8, got {bits}"):
+        ops.unpack(torch.zeros(16, 32, dtype=torch.int32), bits)
+
+
+def test_pack_errors():
+    with pytest.raises(RuntimeError, match=r"values must lie in \[0, 16\)"):
+        ops.pack(torch.full((32, 32), 16, dtype=torch.int32), 4)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        ops.pack(torch.zeros(40, 32, dtype=torch.int32), 4)
+    with pytest.raises(RuntimeError, match="values must be int32"):
+        ops.pack(torch.zeros(32, 32), 4)
+    with pytest.raises(RuntimeError, match="multiple of bits = 3"):
+        ops.unpack(torch.zeros(4, 32, dtype=torch.int32), 3)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        reference.pack_rows(torch.zeros(40, 32, dtype=torch.int32), 4)
+
+
+def test_layout_shapes_and_checks():
+    shapes = format.tensor_shapes(576, 1536, 3, 128)
+    assert shapes == {"qweight": (54, 1536), "qzeros": (5, 144), "scales": (5, 1536), "g_idx": (576,),
+                      "bias": (1536,)}
+    assert format.num_groups(576, -1) == 1 and format.num_groups(576, 128) == 5
+    good = {"qweight": torch.zeros(54, 1536, dtype=torch.int32), "qzeros": torch.zeros(5, 144, dtype=torch.int32),
+            "scales": torch.zeros(5, 1536, dtype=torch.float16)}
+    format.check_layer_tensors(good, 576, 1536, 3, 128)
+    with pytest.raises(ValueError, match=r"mlp.qzeros has shape \(5, 143\), expected \(5, 144\)"):
+        format.check_layer_tensors({**good, "qzeros": torch.zeros(5, 143, dtype=torch.int32)}, 576, 1536, 3, 128,
+                                   name="mlp")
+    with pytest.raises(ValueError, match="layer.scales has dtype int32"):
+        format.check_layer_tensors({**good, "scales": torch.zeros(5, 1536, dtype=torch.int32)}, 576, 1536, 3, 128)
+    with pytest.raises(ValueError, match="layer.qzeros is missing"):
+        format.check_layer_tensors({"qweight": good["qweight"], "scales": good["scales"]}, 576, 1536, 3, 128)
+    with pytest.raises(ValueError, match="bits must be one of"):
+        format.check_bits(6)
+    with pytest.raises(ValueError, match="group_size must be -1"):
+        format.check_group_size(0)
+    with pytest.raises(ValueError, match="in_features must be a positive multiple of 32"):
+        format.check_features(100, 64)
