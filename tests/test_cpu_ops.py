@@ -1,5 +1,8 @@
 """CPU dequantize and gemm against the float64 reference built from the integers themselves."""
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -167,3 +170,42 @@ def test_opcheck():
     values = torch.randint(0, 8, (64, 32), dtype=torch.int32)
     torch.library.opcheck(torch.ops.gptq_kernels.pack, (values, 3))
     torch.library.opcheck(torch.ops.gptq_kernels.unpack, (ops.pack(values, 3), 3))
+
+
+ISA_CHECK = """
+import torch, sys
+sys.path.insert(0, 'tests')
+from bitstream import expected_weight_t, random_layer
+from gptq_kernels import ops
+torch.manual_seed(0)
+worst = 0.0
+for bits in (2, 3, 4, 8):
+    for group_size in (32, 128, -1):
+        t, q, scale, zero, g_idx = random_layer(576, 96, bits, group_size, sym=bits == 3)
+        for rows in (1, 2, 3, 5, 32):
+            x = torch.randn(rows, 576)
+            y = ops.gemm(x, t["qweight"], t["qzeros"], t["scales"], None, None, bits, group_size)
+            ref = x.double() @ expected_weight_t(q, scale, zero, g_idx)
+            worst = max(worst, ((y.double() - ref).norm() / ref.norm()).item())
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_every_cpu_instruction_set_variant(isa):
+    """Each vector width of the fused kernel, forced through GPTQ_KERNELS_CPU_ISA in a fresh process."""
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if isa == "avx2" and " avx2" not in flags or isa == "avx512" and " avx512f" not in flags:
+        pytest.skip(f"this CPU cannot run the {isa} kernel")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, GPTQ_KERNELS_CPU_ISA=isa, PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_unknown_isa_is_rejected():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, GPTQ_KERNELS_CPU_ISA="sse9", PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "GPTQ_KERNELS_CPU_ISA must be generic, avx2 or avx512, got 'sse9'" in out.stderr

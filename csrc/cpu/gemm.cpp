@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "core/bitpack.h"
@@ -29,13 +31,24 @@ constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
 
 using GemvTilesFn = void (*)(const GemvProblem&, int64_t, int64_t);
 
+// The widest instruction set this CPU has, unless GPTQ_KERNELS_CPU_ISA (generic, avx2, avx512) names one:
+// the tests use that to run every variant a machine can execute.
 GemvTilesFn select_gemv_kernel() {
+  const char* env = std::getenv("GPTQ_KERNELS_CPU_ISA");
+  const std::string forced = env ? env : "";
+  bool has_avx2 = false, has_avx512 = false;
 #if defined(GPTQ_KERNELS_X86)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return &gemv_tiles_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-    return &gemv_tiles_avx2;
-  }
+  has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f");
+#endif
+  TORCH_CHECK(forced.empty() || forced == "generic" || forced == "avx2" || forced == "avx512",
+              "GPTQ_KERNELS_CPU_ISA must be generic, avx2 or avx512, got '", forced, "'");
+  TORCH_CHECK(forced != "avx2" || has_avx2, "GPTQ_KERNELS_CPU_ISA=avx2, but this CPU or build lacks AVX2/FMA/F16C");
+  TORCH_CHECK(forced != "avx512" || has_avx512, "GPTQ_KERNELS_CPU_ISA=avx512, but this CPU or build lacks AVX-512F");
+#if defined(GPTQ_KERNELS_X86)
+  if (forced == "avx512" || (forced.empty() && has_avx512)) return &gemv_tiles_avx512;
+  if (forced == "avx2" || (forced.empty() && has_avx2)) return &gemv_tiles_avx2;
 #endif
   return &gemv_tiles_generic;
 }

@@ -19,6 +19,7 @@ namespace cpu {
 namespace {
 
 struct VecAvx2 {
+  static constexpr int kMaxRows = 2;  // 4 accumulators of the 32-column tile per row
   static constexpr int kLanes = 8;
   using F = __m256;
   using I = __m256i;
@@ -31,6 +32,7 @@ struct VecAvx2 {
   static I and_mask(I v, uint32_t mask) { return _mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(mask))); }
   static F to_float(I v) { return _mm256_cvtepi32_ps(v); }
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F set1(float v) { return _mm256_set1_ps(v); }
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }

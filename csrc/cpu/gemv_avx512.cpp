@@ -19,6 +19,7 @@ namespace cpu {
 namespace {
 
 struct VecAvx512 {
+  static constexpr int kMaxRows = 4;  // 2 accumulators of the 32-column tile per row
   static constexpr int kLanes = 16;
   using F = __m512;
   using I = __m512i;
@@ -31,6 +32,7 @@ struct VecAvx512 {
   static I and_mask(I v, uint32_t mask) { return _mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(mask))); }
   static F to_float(I v) { return _mm512_cvtepi32_ps(v); }
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F set1(float v) { return _mm512_set1_ps(v); }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }

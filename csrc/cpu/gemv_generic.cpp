@@ -13,6 +13,7 @@ namespace cpu {
 namespace {
 
 struct VecGeneric {
+  static constexpr int kMaxRows = 4;
   static constexpr int kLanes = 8;
   struct F { float v[kLanes]; };
   struct I { uint32_t v[kLanes]; };
@@ -25,6 +26,7 @@ struct VecGeneric {
   static I and_mask(I a, uint32_t mask) { for (auto& e : a.v) e &= mask; return a; }
   static F to_float(I a) { F r; for (int i = 0; i < kLanes; ++i) r.v[i] = static_cast<float>(a.v[i]); return r; }
   static F fma(F a, F b, F c) { for (int i = 0; i < kLanes; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
+  static F add(F a, F b) { for (int i = 0; i < kLanes; ++i) a.v[i] += b.v[i]; return a; }
   static F set1(float x) { F r; for (auto& e : r.v) e = x; return r; }
   static F load(const float* p) { F r; for (int i = 0; i < kLanes; ++i) r.v[i] = p[i]; return r; }
   static void store(float* p, F a) { for (int i = 0; i < kLanes; ++i) p[i] = a.v[i]; }

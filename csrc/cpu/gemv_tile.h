@@ -3,8 +3,9 @@
 // including file has set its target options: everything here has internal linkage so the copies built
 // for different instruction sets never meet at link time.
 //
-// Vec provides: kLanes, F (float vector), I (uint32 vector), load_u32, srl<S>, sll<S>, and_mask, or_,
-// to_float, fma(a, b, c) = a*b + c, set1, load, store, zero.
+// Vec provides: kLanes, kMaxRows (rows that share one decode of the weights: as many as keep all
+// accumulators in registers), F (float vector), I (uint32 vector), load_u32, srl<S>, sll<S>, and_mask, or_,
+// to_float, fma(a, b, c) = a*b + c, add, set1, load, store, zero.
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -20,7 +21,6 @@ namespace {
 // accumulators would live in memory instead of registers.
 #define GPTQ_ALWAYS_INLINE inline __attribute__((always_inline))
 
-constexpr int kMaxRowsPerPass = 4;  // rows sharing one decode of the weights; 4 keeps accumulators in registers
 
 // Where value J of a 32-value block sits, known at compile time so every shift and mask is an immediate.
 template <int BITS, int J>
@@ -34,12 +34,25 @@ struct ValueSlot {
   static constexpr bool in_place = !straddles && shift + BITS < 32;
 };
 
+// Accumulator sets per row: with a single row, the only independent FMA chains are the tile's vectors
+// (4 with AVX2), fewer than FMA latency x throughput (4 cycles x 2 per cycle), so even and odd values of a
+// block add into separate sets that are summed at the end.
+template <int ROWS>
+constexpr int kAccumulatorSets = ROWS == 1 ? 2 : 1;
+
 // Decodes value J of the block for every column of the tile and adds x[r, J] * q to each row's sums.
 template <class Vec, int BITS, int ROWS, int J>
-GPTQ_ALWAYS_INLINE void accumulate_value(const uint32_t* block, int64_t n, const float* x, int64_t ldx,
-                             typename Vec::F (&acc)[ROWS][kTileColumns / Vec::kLanes]) {
+GPTQ_ALWAYS_INLINE void accumulate_value(
+    const uint32_t* block, int64_t n, const float* x, int64_t ldx,
+    typename Vec::F (&acc)[kAccumulatorSets<ROWS> * ROWS][kTileColumns / Vec::kLanes]) {
+  constexpr int kSet = (J % kAccumulatorSets<ROWS>) * ROWS;
   using Slot = ValueSlot<BITS, J>;
   constexpr int kVectors = kTileColumns / Vec::kLanes;
+  if constexpr (J > 0 && Slot::word != core::word_of(J - 1, BITS)) {
+    // Entering a new word: stop the compiler from hoisting the loads of later words, whose registers
+    // would push the accumulators out to the stack.
+    asm volatile("" ::: "memory");
+  }
   typename Vec::F xv[ROWS];
   for (int r = 0; r < ROWS; ++r) xv[r] = Vec::set1(x[r * ldx + J]);
   for (int v = 0; v < kVectors; ++v) {
@@ -55,13 +68,14 @@ GPTQ_ALWAYS_INLINE void accumulate_value(const uint32_t* block, int64_t n, const
       q = Vec::template srl<Slot::shift>(word);
     }
     const auto qf = Vec::to_float(q);
-    for (int r = 0; r < ROWS; ++r) acc[r][v] = Vec::fma(xv[r], qf, acc[r][v]);
+    for (int r = 0; r < ROWS; ++r) acc[kSet + r][v] = Vec::fma(xv[r], qf, acc[kSet + r][v]);
   }
 }
 
 template <class Vec, int BITS, int ROWS, size_t... J>
-GPTQ_ALWAYS_INLINE void accumulate_block(const uint32_t* block, int64_t n, const float* x, int64_t ldx,
-                             typename Vec::F (&acc)[ROWS][kTileColumns / Vec::kLanes], std::index_sequence<J...>) {
+GPTQ_ALWAYS_INLINE void accumulate_block(
+    const uint32_t* block, int64_t n, const float* x, int64_t ldx,
+    typename Vec::F (&acc)[kAccumulatorSets<ROWS> * ROWS][kTileColumns / Vec::kLanes], std::index_sequence<J...>) {
   (accumulate_value<Vec, BITS, ROWS, static_cast<int>(J)>(block, n, x, ldx, acc), ...);
 }
 
@@ -89,8 +103,9 @@ template <class Vec, int BITS, int ROWS>
 void segment_tile(const GemvProblem& p, int64_t segment, int64_t n0, int64_t m0, const float* scale,
                   const float* scaled_zero) {
   constexpr int kVectors = kTileColumns / Vec::kLanes;
-  typename Vec::F acc[ROWS][kVectors];
-  for (int r = 0; r < ROWS; ++r)
+  constexpr int kSets = kAccumulatorSets<ROWS>;
+  typename Vec::F acc[kSets * ROWS][kVectors];
+  for (int r = 0; r < kSets * ROWS; ++r)
     for (int v = 0; v < kVectors; ++v) acc[r][v] = Vec::zero();
 
   const float* x = p.x + m0 * p.k;
@@ -98,6 +113,9 @@ void segment_tile(const GemvProblem& p, int64_t segment, int64_t n0, int64_t m0,
     accumulate_block<Vec, BITS, ROWS>(p.qweight + b * BITS * p.n + n0, p.n, x + b * 32, p.k, acc,
                                       std::make_index_sequence<core::kBlockValues>{});
   }
+  for (int set = 1; set < kSets; ++set)
+    for (int r = 0; r < ROWS; ++r)
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = Vec::add(acc[r][v], acc[set * ROWS + r][v]);
   for (int r = 0; r < ROWS; ++r) {
     const auto x_sum = Vec::set1(-p.x_segment_sums[(m0 + r) * p.num_segments + segment]);
     float* y = p.y + (m0 + r) * p.n + n0;
@@ -110,6 +128,16 @@ void segment_tile(const GemvProblem& p, int64_t segment, int64_t n0, int64_t m0,
   }
 }
 
+// segment_tile for min(rows, ROWS) rows, the row count chosen at compile time.
+template <class Vec, int BITS, int ROWS = Vec::kMaxRows>
+void segment_tile_rows(const GemvProblem& p, int64_t rows, int64_t segment, int64_t n0, int64_t m0,
+                       const float* scale, const float* scaled_zero) {
+  if constexpr (ROWS > 1) {
+    if (rows < ROWS) return segment_tile_rows<Vec, BITS, ROWS - 1>(p, rows, segment, n0, m0, scale, scaled_zero);
+  }
+  segment_tile<Vec, BITS, ROWS>(p, segment, n0, m0, scale, scaled_zero);
+}
+
 // Segment-major order: each thread sweeps its column range row band by row band, so the packed weights
 // stream through memory sequentially, and the (segment, tile) piece stays in L1 while all row passes use it.
 template <class Vec, int BITS>
@@ -120,13 +148,8 @@ void gemv_tiles(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
     for (int64_t t = tile_begin; t < tile_end; ++t) {
       const int64_t n0 = t * kTileColumns;
       load_group<BITS>(p, p.segment_group[s], n0, scale, scaled_zero);
-      for (int64_t m0 = 0; m0 < p.m; m0 += kMaxRowsPerPass) {
-        switch (p.m - m0) {
-          case 1: segment_tile<Vec, BITS, 1>(p, s, n0, m0, scale, scaled_zero); break;
-          case 2: segment_tile<Vec, BITS, 2>(p, s, n0, m0, scale, scaled_zero); break;
-          case 3: segment_tile<Vec, BITS, 3>(p, s, n0, m0, scale, scaled_zero); break;
-          default: segment_tile<Vec, BITS, kMaxRowsPerPass>(p, s, n0, m0, scale, scaled_zero);
-        }
+      for (int64_t m0 = 0; m0 < p.m; m0 += Vec::kMaxRows) {
+        segment_tile_rows<Vec, BITS>(p, p.m - m0, s, n0, m0, scale, scaled_zero);
       }
     }
   }
