@@ -27,6 +27,17 @@ struct VecGeneric {
   static F to_float(I a) { F r; for (int i = 0; i < kLanes; ++i) r.v[i] = static_cast<float>(a.v[i]); return r; }
   static F fma(F a, F b, F c) { for (int i = 0; i < kLanes; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
   static F add(F a, F b) { for (int i = 0; i < kLanes; ++i) a.v[i] += b.v[i]; return a; }
+  static F mul(F a, F b) { for (int i = 0; i < kLanes; ++i) a.v[i] *= b.v[i]; return a; }
+  static F load_half(const uint16_t* p) {
+    F r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = static_cast<float>(c10::Half(p[i], c10::Half::from_bits()));
+    return r;
+  }
+  static F load_bf16(const uint16_t* p) {
+    F r;
+    for (int i = 0; i < kLanes; ++i) r.v[i] = static_cast<float>(c10::BFloat16(p[i], c10::BFloat16::from_bits()));
+    return r;
+  }
   static F set1(float x) { F r; for (auto& e : r.v) e = x; return r; }
   static F load(const float* p) { F r; for (int i = 0; i < kLanes; ++i) r.v[i] = p[i]; return r; }
   static void store(float* p, F a) { for (int i = 0; i < kLanes; ++i) p[i] = a.v[i]; }
