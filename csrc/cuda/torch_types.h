@@ -1,0 +1,57 @@
+// Glue between ATen tensors and the ATen-free kernel headers of csrc/cuda.
+//
+// The CUDA sources include c10/cuda headers only, not ATen/cuda/CUDAContext.h: that one pulls in cuBLAS and
+// cuSPARSE headers, which minimal CUDA toolkits (like the CPU-only build machine's) do not ship.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+#include "cuda/common.cuh"
+#include "cuda/layout.cuh"
+
+namespace gptq_kernels {
+namespace cuda {
+
+inline FloatType float_type_of(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return FloatType::kHalf;
+    case at::kBFloat16: return FloatType::kBFloat16;
+    case at::kFloat: return FloatType::kFloat;
+    default: TORCH_CHECK(false, "gptq_kernels: no CUDA kernel for element type ", t);
+  }
+}
+
+// Multiprocessors of a device, read once per process (no synchronisation, safe during graph capture).
+inline int64_t multiprocessor_count(c10::DeviceIndex device) {
+  static const std::vector<int> counts = [] {
+    std::vector<int> c(c10::cuda::device_count());
+    for (size_t i = 0; i < c.size(); ++i) {
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&c[i], cudaDevAttrMultiProcessorCount, static_cast<int>(i)));
+    }
+    return c;
+  }();
+  return counts.at(device);
+}
+
+inline DequantParams dequant_params(const core::QuantGeometry& geo, const at::Tensor& qweight,
+                                    const at::Tensor& qzeros, const at::Tensor& scales,
+                                    const c10::optional<at::Tensor>& g_idx) {
+  DequantParams p{};
+  p.qweight = reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>());
+  p.qzeros = reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>());
+  p.scales = scales.data_ptr();
+  p.scale_type = float_type_of(scales.scalar_type());
+  p.g_idx = g_idx.has_value() ? g_idx->data_ptr<int32_t>() : nullptr;
+  p.group_size = static_cast<int>(geo.group_size);
+  p.groups = static_cast<int>(geo.groups);
+  p.k = geo.k;
+  p.n = geo.n;
+  return p;
+}
+
+}  // namespace cuda
+}  // namespace gptq_kernels
