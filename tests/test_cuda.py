@@ -54,10 +54,12 @@ def gemm(x, tensors, bits, group_size, bias=None, g_idx="given"):
     return ops.gemm(x, tensors["qweight"], tensors["qzeros"], tensors["scales"], g, bias, bits, group_size)
 
 
-def poison_allocator(nbytes=64 << 20):
-    """Fills a large block with NaN and frees it, so the caching allocator hands the same memory to the next
-    allocations (the op's output among them): an element the kernels forget to write stays NaN."""
-    torch.full((nbytes // 4,), float("nan"), device="cuda")
+def poison_allocator():
+    """Fills blocks of both pools of the caching allocator with NaN and frees them, so that the next allocations
+    (the op's output among them) get NaN-filled memory: an element the kernels forget to write stays NaN."""
+    small = [torch.full((1 << 18,), float("nan"), device="cuda") for _ in range(32)]  # 1 MiB each: small pool
+    large = torch.full((16 << 20,), float("nan"), device="cuda")  # 64 MiB: large pool
+    del small, large
 
 
 def assert_close_to_reference(y, x, w_t, bias=None):

@@ -92,7 +92,7 @@ void fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x2, const at::
   p.scales = scales.data_ptr();
   p.scale_type = float_type_of(scales.scalar_type());
   p.g_idx = g_idx.has_value() ? g_idx->data_ptr<int32_t>() : nullptr;
-  p.group_size = static_cast<int>(geo.group_size);
+  p.group_size = kernel_group_size(geo);
   p.groups = static_cast<int>(geo.groups);
   p.m = static_cast<int>(m);
   p.k = static_cast<int>(geo.k);

@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cuda/common.cuh"
@@ -23,6 +24,11 @@ inline FloatType float_type_of(at::ScalarType t) {
     case at::kFloat: return FloatType::kFloat;
     default: TORCH_CHECK(false, "gptq_kernels: no CUDA kernel for element type ", t);
   }
+}
+
+// group_size as the kernels take it (an int): any group_size >= K means one group, like K itself.
+inline int kernel_group_size(const core::QuantGeometry& geo) {
+  return static_cast<int>(geo.group_size == -1 ? -1 : std::min(geo.group_size, geo.k));
 }
 
 // Multiprocessors of a device, read once per process (no synchronisation, safe during graph capture).
@@ -46,7 +52,7 @@ inline DequantParams dequant_params(const core::QuantGeometry& geo, const at::Te
   p.scales = scales.data_ptr();
   p.scale_type = float_type_of(scales.scalar_type());
   p.g_idx = g_idx.has_value() ? g_idx->data_ptr<int32_t>() : nullptr;
-  p.group_size = static_cast<int>(geo.group_size);
+  p.group_size = kernel_group_size(geo);
   p.groups = static_cast<int>(geo.groups);
   p.k = geo.k;
   p.n = geo.n;
