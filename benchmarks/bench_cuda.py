@@ -199,6 +199,23 @@ def print_table(results, copy_gbps, log):
             f"{r['weight_gbps']:>8.0f}{100 * r['weight_gbps'] / copy_gbps:>6.0f}%")
 
 
+def print_summary(results, copy_gbps, log):
+    """One line per shape and batch: speedup of every contender over cuBLAS fp16, and the 4-bit kernel's share of
+    the copy bandwidth (the acceptance criteria of issue #4 read straight off this table)."""
+    kernels = [k for k in ("torch int4 (bf16)", "gptq 2-bit", "gptq 3-bit", "gptq 4-bit", "gptq 8-bit")
+               if any(r["kernel"] == k for r in results)]
+    short = {"torch int4 (bf16)": "int4", "gptq 2-bit": "2b", "gptq 3-bit": "3b", "gptq 4-bit": "4b", "gptq 8-bit": "8b"}
+    log("\nsummary: speedup vs cuBLAS fp16 (fp16 column in us); 4b %copy = 4-bit weight GB/s / copy GB/s")
+    log(f"{'shape':>12} {'batch':>5} {'fp16 us':>9}" + "".join(f"{short[k]:>7}" for k in kernels) + f"{'4b %copy':>10}")
+    by_key = {}
+    for r in results:
+        by_key.setdefault((r["k"], r["n"], r["batch"]), {})[r["kernel"]] = r
+    for (k, n, batch), row in by_key.items():
+        cells = "".join(f"{row[name]['speedup_vs_fp16']:>6.2f}x" if name in row else f"{'-':>7}" for name in kernels)
+        pct = f"{100 * row['gptq 4-bit']['weight_gbps'] / copy_gbps:>9.0f}%" if "gptq 4-bit" in row else f"{'-':>10}"
+        log(f"{k:>6}x{n:<5} {batch:>5} {row['cuBLAS fp16']['us']:>9.1f}{cells}{pct}")
+
+
 def plot(results, path, log):
     try:
         import matplotlib
@@ -277,10 +294,11 @@ def main():
     write_json(os.path.join(args.out, "bench_cuda.json"),
                {**header, "copy_gbps": copy_gbps, "group_size": args.group_size, "command": " ".join(sys.argv),
                 "results": results})
-    with open(os.path.join(args.out, "bench_cuda.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
     plot(results, os.path.join(args.out, "bench_cuda.png"), log)
     log(f"results: {os.path.join(args.out, 'bench_cuda.json')}")
+    print_summary(results, copy_gbps, log)
+    with open(os.path.join(args.out, "bench_cuda.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,10 @@ if [ $status -ne 0 ]; then
   exit 1
 fi
 run pytest 150 "$PY" -m pytest -q -m cuda tests --junitxml "$OUT/pytest.xml" -p no:cacheprovider
+# The same matmul tests with the tensor-core kernel switched off: batches of 9 to 32 rows then take the GEMV
+# kernel in row tiles, the path that stays when the tensor-core kernel cannot run.
+GPTQ_KERNELS_NO_MMA=1 run pytest_no_mma 60 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider \
+  -k "matches_float64 or split_k or split_blocks or non_contiguous"
 if [ -z "${SKIP_SANITIZER:-}" ]; then
   run memcheck 100 "$SANITIZER" --tool memcheck --error-exitcode 1 "$PY" benchmarks/sanitize_cuda.py
   run racecheck 100 "$SANITIZER" --tool racecheck --error-exitcode 1 "$PY" benchmarks/sanitize_cuda.py

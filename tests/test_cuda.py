@@ -23,9 +23,9 @@ pytestmark = [
 BITS = [2, 3, 4, 8]
 GROUP_SIZES = [32, 64, 128, -1]
 HALF_DTYPES = [torch.float16, torch.bfloat16]
-# 1..8: one CTA row tile of the fused kernel (1, 2, 4 or 8 rows per CTA); 9 and 33: several row tiles and the
-# dequantize + cuBLAS path; 257: cuBLAS with an odd M.
-ROWS = [1, 3, 8, 9, 33, 257]
+# 1..8: the GEMV kernel (1, 2, 4 or 8 rows per CTA); 9..256: the tensor-core kernel (16, 32 and 64 rows per CTA,
+# 100 in two row tiles); 257: dequantize + cuBLAS with an odd M.
+ROWS = [1, 3, 8, 9, 17, 33, 100, 257]
 RELATIVE_FLOOR = 1e-4  # of the reference's norm: keeps near-exact cases from demanding the impossible
 
 
@@ -133,14 +133,14 @@ def test_gemm_shapes_split_k_and_stages(bits, k, n):
     # Large K walks several x stages per CTA and is split over CTAs; N = 11008 leaves a partial column tile.
     group_size = 128 if k >= 128 else -1
     tensors, w_t = big_layer(k, n, bits, group_size)
-    for rows in (1, 2, 5, 8, 20):
+    for rows in (1, 2, 5, 8, 20, 64, 200):
         x = torch.randn(rows, k, device="cuda", dtype=torch.float16)
         poison_allocator()
         assert_close_to_reference(gemm(x, tensors, bits, group_size), x, w_t)
 
 
 @pytest.mark.parametrize("group_size", [16, 48, 100, 1000])
-@pytest.mark.parametrize("rows", [1, 4, 40])
+@pytest.mark.parametrize("rows", [1, 4, 40, 300])
 def test_gemm_group_sizes_that_split_blocks(group_size, rows):
     tensors, w_t, _, _ = cuda_layer(576, 64, 4, group_size)
     x = torch.randn(rows, 576, device="cuda", dtype=torch.float16)
@@ -154,25 +154,27 @@ def test_gemm_scale_bias_and_activation_dtypes(scale_dtype, dtype):
     tensors, w_t, _, _ = cuda_layer(256, 64, 3, 64, scale_dtype=scale_dtype)
     for bias_dtype in (torch.float16, torch.bfloat16, torch.float32):
         bias = torch.randn(64, device="cuda").to(bias_dtype)
-        for rows in (2, 40):
+        for rows in (2, 40, 300):
             x = torch.randn(rows, 256, device="cuda").to(dtype)
             y = gemm(x, tensors, 3, 64, bias=bias)
             assert y.dtype == dtype
             assert_close_to_reference(y, x, w_t, bias)
 
 
-@pytest.mark.parametrize("rows", [1, 5, 40])
+@pytest.mark.parametrize("rows", [1, 5, 40, 300])
 def test_gemm_3d_and_non_contiguous_inputs(rows):
     tensors, w_t, _, _ = cuda_layer(320, 64, 4, 32)
     x3 = torch.randn(2, rows, 320, device="cuda", dtype=torch.float16)
     y3 = gemm(x3, tensors, 4, 32)
     assert y3.shape == (2, rows, 64)
     assert_close_to_reference(y3.reshape(-1, 64), x3.reshape(-1, 320), w_t)
-    # Transposed view, every other column of a wider tensor, and a row-strided slice (read in place).
+    # Transposed view, every other column of a wider tensor, a row-strided slice with 16-byte aligned rows (read
+    # in place by every kernel) and one with misaligned rows (the tensor-core kernel cannot copy those).
     x_t = torch.randn(320, rows + 1, device="cuda", dtype=torch.float16).t()[:rows]
     x_strided = torch.randn(rows, 640, device="cuda", dtype=torch.float16)[:, ::2]
     x_rows = torch.randn(rows, 400, device="cuda", dtype=torch.float16)[:, 40:360]
-    for x in (x_t, x_strided, x_rows):
+    x_misaligned = torch.randn(rows, 330, device="cuda", dtype=torch.float16)[:, 3:323]
+    for x in (x_t, x_strided, x_rows, x_misaligned):
         assert not x.is_contiguous()
         assert_close_to_reference(gemm(x, tensors, 4, 32), x, w_t)
 
@@ -183,9 +185,10 @@ def test_gemm_empty_batch():
     assert gemm(torch.randn(3, 0, 64, device="cuda", dtype=torch.float16), tensors, 4, 32).shape == (3, 0, 32)
 
 
-def test_gemm_is_deterministic():
+@pytest.mark.parametrize("rows", [3, 40])
+def test_gemm_is_deterministic(rows):
     tensors, _ = big_layer(8192, 512, 4, 128)  # split over many CTAs
-    x = torch.randn(3, 8192, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(rows, 8192, device="cuda", dtype=torch.bfloat16)
     y = gemm(x, tensors, 4, 128)
     for _ in range(3):
         assert torch.equal(gemm(x, tensors, 4, 128), y)
@@ -212,7 +215,7 @@ def test_gemm_runs_on_the_current_stream_and_device_of_the_weight():
 
 
 # ------------------------------------------------------------------------------------------ QuantLinear
-@pytest.mark.parametrize("rows", [4, 64])
+@pytest.mark.parametrize("rows", [4, 64, 300])
 @pytest.mark.parametrize("act_order", [False, True])
 def test_quant_linear_forward_under_cuda_graph(rows, act_order):
     torch.manual_seed(0)

@@ -24,6 +24,9 @@ __device__ __forceinline__ float load_float(const void* p, int64_t i, FloatType 
   }
 }
 
+// Activation types the fused kernels are built for; fp32 activations take the dequantize + cuBLAS path.
+enum class ActType : int { kHalf, kBFloat16 };
+
 template <typename T>
 struct FloatConvert;
 template <>
@@ -63,16 +66,11 @@ __device__ __forceinline__ float magic_zero(const uint32_t* qzeros, int64_t grou
   return kMagicFloat + static_cast<float>(core::stored_zero_to_zero(core::extract_at(row, 1, n, BITS)));
 }
 
-// Value j of a block whose words are w[0..BITS). j must be a compile-time constant after unrolling, so every
-// shift is an immediate and the straddle test disappears.
+// Value j of a block whose words are w[0..BITS): see core::extract_from_words (checked on the CPU at compile
+// time in core/bitpack_checks.cpp).
 template <int BITS>
 __device__ __forceinline__ uint32_t decode(const uint32_t (&w)[BITS], int j) {
-  const int word = core::word_of(j, BITS), shift = core::shift_of(j, BITS);
-  uint32_t v = w[word] >> shift;
-  // (The min() only keeps the never-taken index of the last word in bounds.)
-  if (core::straddles(j, BITS)) v |= w[min(word + 1, BITS - 1)] << (32 - shift);
-  // The top value of a word needs no mask: the shift already cleared everything above it.
-  return (shift + BITS == 32) ? v : (v & core::value_mask(BITS));
+  return core::extract_from_words<BITS>(w, j);
 }
 
 }  // namespace cuda

@@ -58,9 +58,6 @@ struct GemvParams {
   float* workspace;          // [gridDim.z, m, n] fp32 partial sums; written when gridDim.z > 1
 };
 
-// Activation types the kernel is built for; fp32 activations take the dequantize + cuBLAS path.
-enum class ActType : int { kHalf, kBFloat16 };
-
 // Launches gemv_kernel<T, BITS, rows_per_cta> (csrc/cuda/gemv_kernel.cuh) on `grid` x kGemvThreads threads.
 // rows_per_cta is 1, 2, 4 or 8. Instantiated in gemv_<bits>bit.cu, one file per bit width so the 8 kernels of
 // each compile in parallel with the others. The caller checks the launch (C10_CUDA_KERNEL_LAUNCH_CHECK).

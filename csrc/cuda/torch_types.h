@@ -31,16 +31,24 @@ inline int kernel_group_size(const core::QuantGeometry& geo) {
   return static_cast<int>(geo.group_size == -1 ? -1 : std::min(geo.group_size, geo.k));
 }
 
-// Multiprocessors of a device, read once per process (no synchronisation, safe during graph capture).
-inline int64_t multiprocessor_count(c10::DeviceIndex device) {
-  static const std::vector<int> counts = [] {
-    std::vector<int> c(c10::cuda::device_count());
-    for (size_t i = 0; i < c.size(); ++i) {
-      C10_CUDA_CHECK(cudaDeviceGetAttribute(&c[i], cudaDevAttrMultiProcessorCount, static_cast<int>(i)));
+// What the launch heuristics need to know about a device, read once per process (no synchronisation, so it is
+// also safe during CUDA graph capture).
+struct DeviceInfo {
+  int multiprocessors;
+  int major;  // compute capability
+};
+
+inline const DeviceInfo& device_info(c10::DeviceIndex device) {
+  static const std::vector<DeviceInfo> infos = [] {
+    std::vector<DeviceInfo> all(c10::cuda::device_count());
+    for (size_t i = 0; i < all.size(); ++i) {
+      const int d = static_cast<int>(i);
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&all[i].multiprocessors, cudaDevAttrMultiProcessorCount, d));
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&all[i].major, cudaDevAttrComputeCapabilityMajor, d));
     }
-    return c;
+    return all;
   }();
-  return counts.at(device);
+  return infos.at(device);
 }
 
 inline DequantParams dequant_params(const core::QuantGeometry& geo, const at::Tensor& qweight,
