@@ -241,6 +241,20 @@ def test_quant_linear_forward_under_cuda_graph(rows, act_order):
         assert_close_to_reference(static_y, x, w_t, layer.bias)
 
 
+def test_quant_linear_torch_compile_reduce_overhead():
+    # mode="reduce-overhead" replays CUDA graphs: the op must not synchronise or branch on tensor values.
+    torch._dynamo.reset()
+    tensors, w_t, _, _ = cuda_layer(576, 96, 3, 128, act_order=True)
+    layer = QuantLinear(576, 96, bias=False, bits=3, group_size=128, dtype=torch.float16, device="cuda")
+    layer.load_state_dict(tensors)
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+    for rows in (2, 2, 2, 40, 40, 40):  # repeated shapes: recorded, then replayed
+        x = torch.randn(rows, 576, device="cuda", dtype=torch.float16)
+        y = compiled(x).clone()
+        assert torch.equal(y, layer(x))
+        assert_close_to_reference(y, x, w_t)
+
+
 def test_quant_linear_from_linear_on_cuda():
     linear = nn.Linear(576, 96).cuda()
     layer = QuantLinear.from_linear(linear, bits=4, group_size=128, dtype=torch.float16)
