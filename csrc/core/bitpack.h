@@ -51,6 +51,18 @@ GPTQ_HD void insert(uint32_t* words, int64_t stride, int j, int bits, uint32_t v
   if (s + bits > 32) words[(w + 1) * stride] |= value >> (32 - s);
 }
 
+// Value j of a block whose BITS words are held in an array (registers on the GPU). Meant for a j that is a
+// compile-time constant after unrolling: every shift becomes an immediate and the straddle test disappears.
+template <int BITS>
+GPTQ_HD constexpr uint32_t extract_from_words(const uint32_t (&w)[BITS], int j) {
+  const int word = word_of(j, BITS), shift = shift_of(j, BITS);
+  uint32_t v = w[word] >> shift;
+  // (The index is clamped only to keep the never-taken read past the last word in bounds.)
+  if (straddles(j, BITS)) v |= w[word + 1 < BITS ? word + 1 : BITS - 1] << (32 - shift);
+  // The top value of a word needs no mask: the shift already cleared everything above it.
+  return shift + BITS == 32 ? v : (v & value_mask(BITS));
+}
+
 // Value i of a whole packed column (any i, not only within a block).
 GPTQ_HD uint32_t extract_at(const uint32_t* column, int64_t stride, int64_t i, int bits) {
   const int64_t block = i / kBlockValues;

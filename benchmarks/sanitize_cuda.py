@@ -1,0 +1,63 @@
+"""Runs every CUDA kernel of gptq_kernels once on small inputs, for compute-sanitizer (memcheck, racecheck):
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_cuda.py
+
+Covers pack, unpack, dequantize (3 output dtypes), the GEMV kernel (1, 2, 4 and 8 rows per CTA), the tensor-core
+kernel (16, 32 and 64 rows per CTA, two row tiles), each with and without split-K, a partial column tile, the
+per-row group path of unsorted act-order g_idx and a bias, and the dequantize + cuBLAS path. Also checks the results loosely, so a run that computes garbage fails too.
+"""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gptq_kernels import ops, reference  # noqa: E402
+
+
+def layer(k, n, bits, group_size, act_order=False, scale_dtype=torch.float16):
+    groups = 1 if group_size == -1 else -(-k // group_size)
+    q = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32, device="cuda")
+    zero = torch.randint(1, 1 << bits, (groups, n), dtype=torch.int32, device="cuda")
+    g_idx = torch.arange(k, device="cuda", dtype=torch.int32) // (k if group_size == -1 else group_size)
+    if act_order:
+        g_idx = g_idx[torch.randperm(k, device="cuda")]
+    return (ops.pack(q, bits), ops.pack((zero - 1).t().contiguous(), bits).t().contiguous(),
+            (torch.rand(groups, n, device="cuda") * 0.02 + 0.001).to(scale_dtype), g_idx.to(torch.int32))
+
+
+def check(y, x, w_t, bias=None):
+    expected = x.double() @ w_t + (0 if bias is None else bias.double())
+    err = ((y.double() - expected).norm() / expected.norm()).item()
+    assert err < 2e-2, f"relative error {err}"
+
+
+def main():
+    torch.manual_seed(0)
+    for bits in (2, 3, 4, 8):
+        values = torch.randint(0, 1 << bits, (64, 96), dtype=torch.int32, device="cuda")
+        assert torch.equal(ops.unpack(ops.pack(values, bits), bits), values)
+        for k, n, group_size, act_order in ((576, 96, 128, False), (576, 96, 64, True), (2048, 160, 32, False)):
+            w = layer(k, n, bits, group_size, act_order)
+            # The float64 weight, once per layer: the reference is slow under the sanitizer.
+            w_t = reference.dequantize(*w, bits, group_size, dtype=torch.float64)
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                d = ops.dequantize(w[0], w[1], w[2].to(dtype), w[3], bits, group_size)
+                assert torch.isfinite(d).all()
+            bias = torch.randn(n, device="cuda", dtype=torch.float16)
+            for rows in (1, 2, 3, 8, 9, 20, 40, 100, 300):
+                for dtype in ((torch.float16, torch.bfloat16) if rows in (1, 20) else (torch.float16,)):
+                    x = torch.randn(rows, k, device="cuda", dtype=dtype)
+                    check(ops.gemm(x, *w, bias, bits, group_size), x, w_t, bias)
+                    check(ops.gemm(x, *w, None, bits, group_size), x, w_t)
+        print(f"sanitize_cuda: {bits}-bit done", flush=True)
+    x = torch.randn(3, 576, device="cuda")
+    w = layer(576, 96, 4, 128)
+    w_t = reference.dequantize(*w, 4, 128, dtype=torch.float64)
+    check(ops.gemm(x, *w, None, 4, 128), x, w_t)  # fp32 activations: dequantize + cuBLAS
+    torch.cuda.synchronize()
+    print("sanitize_cuda: all kernels ran")
+
+
+if __name__ == "__main__":
+    main()

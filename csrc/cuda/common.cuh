@@ -1,0 +1,77 @@
+// Device helpers shared by the CUDA kernels: float conversions, group lookup and the exact integer-to-float
+// trick the dequantizing loops use. Deliberately free of ATen headers, so the files that instantiate the
+// heavy kernel templates compile quickly (and in parallel) with nvcc alone.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "core/bitpack.h"
+
+namespace gptq_kernels {
+namespace cuda {
+
+// The element type of a tensor the kernels only read a few values of (scales, bias): a run-time switch that
+// is uniform across the grid costs less than multiplying the template instantiations by three.
+enum class FloatType : int { kHalf, kBFloat16, kFloat };
+
+__device__ __forceinline__ float load_float(const void* p, int64_t i, FloatType t) {
+  switch (t) {
+    case FloatType::kHalf: return __half2float(static_cast<const __half*>(p)[i]);
+    case FloatType::kBFloat16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+// Activation types the fused kernels are built for; fp32 activations take the dequantize + cuBLAS path.
+enum class ActType : int { kHalf, kBFloat16 };
+
+template <typename T>
+struct FloatConvert;
+template <>
+struct FloatConvert<__half> {
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+};
+template <>
+struct FloatConvert<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+template <>
+struct FloatConvert<float> {
+  static __device__ __forceinline__ float to_float(float v) { return v; }
+  static __device__ __forceinline__ float from_float(float v) { return v; }
+};
+
+// Group of input channel k. The CUDA ops cannot validate g_idx values without a host synchronisation, so a
+// bad entry is clamped into [0, groups): the result is then wrong but no memory outside the tensors is read.
+__device__ __forceinline__ int group_at(const int32_t* g_idx, int64_t k, int group_size, int groups) {
+  const int g = g_idx != nullptr ? __ldg(g_idx + k) : (group_size == -1 ? 0 : static_cast<int>(k / group_size));
+  return min(max(g, 0), groups - 1);
+}
+
+// Exact int -> float without the I2F unit: ORing q < 2^23 into the mantissa of 2^23 gives the float 2^23 + q.
+// Subtracting 2^23 + zero then yields q - zero exactly, so the zero point costs no extra instruction.
+constexpr uint32_t kMagicBits = 0x4B000000u;  // the float 2^23
+constexpr float kMagicFloat = 8388608.0f;
+
+__device__ __forceinline__ float magic_float(uint32_t q) { return __uint_as_float(kMagicBits | q); }
+
+// kMagicFloat + zero point of (group row, column n), read from qzeros (packed along N, stores zero-1).
+template <int BITS>
+__device__ __forceinline__ float magic_zero(const uint32_t* qzeros, int64_t group, int64_t n_cols, int64_t n) {
+  const uint32_t* row = qzeros + group * (n_cols * BITS / 32);
+  return kMagicFloat + static_cast<float>(core::stored_zero_to_zero(core::extract_at(row, 1, n, BITS)));
+}
+
+// Value j of a block whose words are w[0..BITS): see core::extract_from_words (checked on the CPU at compile
+// time in core/bitpack_checks.cpp).
+template <int BITS>
+__device__ __forceinline__ uint32_t decode(const uint32_t (&w)[BITS], int j) {
+  return core::extract_from_words<BITS>(w, j);
+}
+
+}  // namespace cuda
+}  // namespace gptq_kernels

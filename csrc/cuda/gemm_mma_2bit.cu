@@ -1,0 +1,8 @@
+// The 2-bit instantiations of the tensor-core kernel (6 kernels: fp16/bf16 x 16, 32, 64 rows per CTA).
+#include "cuda/gemm_mma_kernel.cuh"
+
+namespace gptq_kernels {
+namespace cuda {
+template cudaError_t launch_mma<2>(const MmaParams&, ActType, int, dim3, cudaStream_t);
+}  // namespace cuda
+}  // namespace gptq_kernels

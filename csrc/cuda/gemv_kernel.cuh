@@ -1,0 +1,194 @@
+// The body of the small-batch kernel (see gemv.cuh for the design) and its launcher. Include only from the
+// gemv_<bits>bit.cu files that instantiate it.
+#pragma once
+#include "cuda/gemv.cuh"
+
+namespace gptq_kernels {
+namespace cuda {
+
+template <typename T, int BITS, int ROWS>
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) {
+  static_assert(ROWS >= 1 && ROWS <= kGemvMaxRowsPerCta, "ROWS out of range");
+  constexpr int kInFlight = blocks_in_flight<BITS>();
+  static_assert(kBlocksPerWarpStage % kInFlight == 0, "a stage must hold whole load batches");
+  constexpr unsigned kFullMask = 0xffffffffu;
+
+  // x of this CTA's rows for one stage, as fp32 (converted once, read as float4 broadcasts); reused at the end
+  // for the cross-warp reduction, which needs kGemvWarps * ROWS * kGemvColumns = the same ROWS * 512 floats.
+  static_assert(kGemvWarps * kGemvColumns == kStageValues, "reduction buffer must alias the x stage");
+  __shared__ __align__(16) float smem[ROWS * kStageValues];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = blockIdx.x * ROWS;
+  const int n_tile = blockIdx.y * kGemvColumns;
+  // Threads past N (N is a multiple of 32, not of 128) work on the last valid columns and discard the result,
+  // so every thread reaches every barrier and no load needs a guard.
+  const int n0 = min(n_tile + lane * kColumnsPerThread, p.n - kColumnsPerThread);
+  const int kblocks = p.k / core::kBlockValues;
+  const int kb_begin = blockIdx.z * p.blocks_per_cta;
+  const int kb_end = min(kb_begin + p.blocks_per_cta, kblocks);
+  const T* x = static_cast<const T*>(p.x);
+
+  float acc[ROWS][kColumnsPerThread];  // sum x * (q - zero) within the current group
+  float out[ROWS][kColumnsPerThread];  // sum over finished groups of scale * acc
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+    for (int c = 0; c < kColumnsPerThread; ++c) acc[r][c] = out[r][c] = 0.f;
+  }
+  int current_group = -1;
+  float scale[kColumnsPerThread] = {}, zero[kColumnsPerThread] = {};  // zero holds kMagicFloat + zero point
+
+  for (int stage = kb_begin; stage < kb_end; stage += kStageBlocks) {
+    __syncthreads();  // every warp is done with the previous stage's x
+    for (int i = threadIdx.x; i < ROWS * kStageValues; i += kGemvThreads) {
+      const int r = i / kStageValues, kk = i % kStageValues;
+      const int64_t k = static_cast<int64_t>(stage) * core::kBlockValues + kk;
+      float v = 0.f;
+      if (row0 + r < p.m && k < static_cast<int64_t>(kb_end) * core::kBlockValues) {
+        v = FloatConvert<T>::to_float(x[(row0 + r) * p.ldx + k]);
+      }
+      smem[i] = v;
+    }
+    __syncthreads();
+
+#pragma unroll
+    for (int u0 = 0; u0 < kBlocksPerWarpStage; u0 += kInFlight) {
+      // Issue every load of the batch before decoding any of it.
+      uint32_t w[kInFlight][kColumnsPerThread][BITS];
+      int lane_group[kInFlight];
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int b = stage + (u0 + i) * kGemvWarps + warp;
+        if (b < kb_end) {
+#pragma unroll
+          for (int word = 0; word < BITS; ++word) {
+            const uint4 v = __ldg(reinterpret_cast<const uint4*>(
+                p.qweight + (static_cast<int64_t>(b) * BITS + word) * p.n + n0));
+            w[i][0][word] = v.x;
+            w[i][1][word] = v.y;
+            w[i][2][word] = v.z;
+            w[i][3][word] = v.w;
+          }
+          lane_group[i] = group_at(p.g_idx, static_cast<int64_t>(b) * core::kBlockValues + lane, p.group_size,
+                                   p.groups);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int b = stage + (u0 + i) * kGemvWarps + warp;
+        if (b >= kb_end) break;  // warp-uniform
+        const float* xb = smem + (b - stage) * core::kBlockValues;
+        const int g = __shfl_sync(kFullMask, lane_group[i], 0);
+        if (__all_sync(kFullMask, lane_group[i] == g)) {
+          // Fast path: one group for the whole block.
+          if (g != current_group) {
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+              for (int c = 0; c < kColumnsPerThread; ++c) {
+                out[r][c] = fmaf(scale[c], acc[r][c], out[r][c]);
+                acc[r][c] = 0.f;
+              }
+            }
+#pragma unroll
+            for (int c = 0; c < kColumnsPerThread; ++c) {
+              scale[c] = load_float(p.scales, static_cast<int64_t>(g) * p.n + n0 + c, p.scale_type);
+              zero[c] = magic_zero<BITS>(p.qzeros, g, p.n, n0 + c);
+            }
+            current_group = g;
+          }
+#pragma unroll
+          for (int jq = 0; jq < core::kBlockValues / 4; ++jq) {
+            float4 xv[ROWS];
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) xv[r] = *reinterpret_cast<const float4*>(xb + r * kStageValues + jq * 4);
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {
+              float q[kColumnsPerThread];
+#pragma unroll
+              for (int c = 0; c < kColumnsPerThread; ++c) q[c] = magic_float(decode<BITS>(w[i][c], jq * 4 + jj)) - zero[c];
+#pragma unroll
+              for (int r = 0; r < ROWS; ++r) {
+                const float xr = jj == 0 ? xv[r].x : jj == 1 ? xv[r].y : jj == 2 ? xv[r].z : xv[r].w;
+#pragma unroll
+                for (int c = 0; c < kColumnsPerThread; ++c) acc[r][c] = fmaf(xr, q[c], acc[r][c]);
+              }
+            }
+          }
+        } else {
+          // Slow path: rows of this block belong to different groups, so every value is dequantized with its
+          // own group's scale and zero. It re-reads the block's words (now in L1) with run-time indices
+          // instead of indexing the registers above, which would move them to local memory.
+          const uint32_t* block = p.qweight + static_cast<int64_t>(b) * BITS * p.n + n0;
+#pragma unroll 1
+          for (int j = 0; j < core::kBlockValues; ++j) {
+            const int gj = __shfl_sync(kFullMask, lane_group[i], j);
+#pragma unroll
+            for (int c = 0; c < kColumnsPerThread; ++c) {
+              const float s = load_float(p.scales, static_cast<int64_t>(gj) * p.n + n0 + c, p.scale_type);
+              const float wv =
+                  (magic_float(core::extract(block + c, p.n, j, BITS)) - magic_zero<BITS>(p.qzeros, gj, p.n, n0 + c)) * s;
+#pragma unroll
+              for (int r = 0; r < ROWS; ++r) out[r][c] = fmaf(xb[r * kStageValues + j], wv, out[r][c]);
+            }
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+    for (int c = 0; c < kColumnsPerThread; ++c) out[r][c] = fmaf(scale[c], acc[r][c], out[r][c]);
+  }
+
+  // Cross-warp reduction: red[warp][r][column in tile], then thread t sums column t over the warps.
+  __syncthreads();  // every warp is done reading x from smem
+  float* red = smem;
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    *reinterpret_cast<float4*>(red + (warp * ROWS + r) * kGemvColumns + lane * kColumnsPerThread) =
+        make_float4(out[r][0], out[r][1], out[r][2], out[r][3]);
+  }
+  __syncthreads();
+  const int n = n_tile + threadIdx.x;
+  if (n >= p.n) return;
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const int m = row0 + r;
+    if (m >= p.m) break;
+    float v = 0.f;
+#pragma unroll
+    for (int wi = 0; wi < kGemvWarps; ++wi) v += red[(wi * ROWS + r) * kGemvColumns + threadIdx.x];
+    if (gridDim.z == 1) {
+      if (p.bias != nullptr) v += load_float(p.bias, n, p.bias_type);
+      static_cast<T*>(p.y)[static_cast<int64_t>(m) * p.n + n] = FloatConvert<T>::from_float(v);
+    } else {
+      p.workspace[(static_cast<int64_t>(blockIdx.z) * p.m + m) * p.n + n] = v;
+    }
+  }
+}
+
+template <typename T, int BITS>
+void launch_gemv_typed(const GemvParams& p, int rows_per_cta, dim3 grid, cudaStream_t stream) {
+  const dim3 block(kGemvThreads);
+  switch (rows_per_cta) {
+    case 1: gemv_kernel<T, BITS, 1><<<grid, block, 0, stream>>>(p); break;
+    case 2: gemv_kernel<T, BITS, 2><<<grid, block, 0, stream>>>(p); break;
+    case 4: gemv_kernel<T, BITS, 4><<<grid, block, 0, stream>>>(p); break;
+    default: gemv_kernel<T, BITS, 8><<<grid, block, 0, stream>>>(p); break;
+  }
+}
+
+template <int BITS>
+void launch_gemv(const GemvParams& p, ActType type, int rows_per_cta, dim3 grid, cudaStream_t stream) {
+  if (type == ActType::kHalf) {
+    launch_gemv_typed<__half, BITS>(p, rows_per_cta, grid, stream);
+  } else {
+    launch_gemv_typed<__nv_bfloat16, BITS>(p, rows_per_cta, grid, stream);
+  }
+}
+
+}  // namespace cuda
+}  // namespace gptq_kernels

@@ -1,0 +1,82 @@
+// CUDA pack, unpack and dequantize: the layout ops (kernels in layout_kernels.cu). Inputs are checked by the
+// same code as on the CPU (core/checks.h), without reading any tensor value, so nothing here waits for the GPU.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "core/bitpack.h"
+#include "core/checks.h"
+#include "cuda/layout.cuh"
+#include "cuda/torch_types.h"
+
+namespace gptq_kernels {
+namespace cuda {
+namespace {
+
+void check_int32_matrix(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be on a CUDA device here, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
+}
+
+// Unlike the CPU op, values outside [0, 2^bits) are not reported (that would need them on the host): only their
+// low `bits` bits are stored.
+at::Tensor pack_cuda(const at::Tensor& values, int64_t bits) {
+  constexpr const char* op = "gptq_kernels.pack";
+  core::check_bits(op, bits);
+  check_int32_matrix(op, "values", values);
+  const int64_t k = values.size(0), n = values.size(1);
+  TORCH_CHECK(k % core::kBlockValues == 0, op, ": values.size(0) = ", k, " must be a multiple of 32");
+  const c10::cuda::CUDAGuard guard(values.device());
+  const at::Tensor v = values.contiguous();
+  at::Tensor packed = at::empty({k / 32 * bits, n}, v.options());
+  if (packed.numel() == 0) return packed;
+  launch_pack(v.data_ptr<int32_t>(), reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>()), k, n,
+              static_cast<int>(bits), c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return packed;
+}
+
+at::Tensor unpack_cuda(const at::Tensor& packed, int64_t bits) {
+  constexpr const char* op = "gptq_kernels.unpack";
+  core::check_bits(op, bits);
+  check_int32_matrix(op, "packed", packed);
+  const int64_t rows = packed.size(0), n = packed.size(1);
+  TORCH_CHECK(rows % bits == 0, op, ": packed.size(0) = ", rows, " must be a multiple of bits = ", bits,
+              " (32 values fill `bits` words)");
+  const c10::cuda::CUDAGuard guard(packed.device());
+  const at::Tensor p = packed.contiguous();
+  const int64_t k = rows / bits * 32;
+  at::Tensor values = at::empty({k, n}, p.options());
+  if (values.numel() == 0) return values;
+  launch_unpack(reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>()), values.data_ptr<int32_t>(), k, n,
+                static_cast<int>(bits), c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return values;
+}
+
+// g_idx entries are not range-checked here (the CPU op does it on the host); see group_at in common.cuh.
+at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& qzeros, const at::Tensor& scales,
+                           const c10::optional<at::Tensor>& g_idx, int64_t bits, int64_t group_size) {
+  constexpr const char* op = "gptq_kernels.dequantize";
+  const core::QuantGeometry geo = core::check_quantized_weight(op, qweight, qzeros, scales, g_idx, bits, group_size);
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  at::Tensor out = at::empty({geo.k, geo.n}, scales.options());
+  launch_dequantize(dequant_params(geo, qweight, qzeros, scales, g_idx), static_cast<int>(bits),
+                    float_type_of(scales.scalar_type()), out.data_ptr(), c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gptq_kernels, CUDA, m) {
+  m.impl("pack", &pack_cuda);
+  m.impl("unpack", &unpack_cuda);
+  m.impl("dequantize", &dequantize_cuda);
+}
+
+}  // namespace cuda
+}  // namespace gptq_kernels
