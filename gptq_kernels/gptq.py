@@ -174,7 +174,7 @@ def _inverse_hessian_factor(H: torch.Tensor, damp_percent: float, label: str) ->
             if bool(torch.isfinite(U).all()):
                 if step:
                     warnings.warn(f"{label}: the Hessian is not positive definite with damp_percent="
-                                  f"{damp_percent}; used damp_percent={damp:g}", RuntimeWarning, stacklevel=3)
+                                  f"{damp_percent:g}; used damp_percent={damp:g}", RuntimeWarning, stacklevel=3)
                 return U.contiguous(), damp
         damp = max(damp * DAMP_GROWTH, 0.01) if damp > 0 else 0.01
     # Unreachable for a finite Hessian; kept so that a pathological one degrades to round-to-nearest (an
