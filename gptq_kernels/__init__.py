@@ -13,7 +13,7 @@ Public API:
 from . import format, ops, reference
 from .nn import QuantLinear
 from .quantized import QuantizedWeight, quantize_rtn
-from .gptq import GPTQWeight, quantize_weight
+from .gptq import GPTQWeight, PreparedHessian, prepare_hessian, quantize_weight
 from .driver import LayerReport, quantize_model
 from .evaluate import evaluate_perplexity
 from .checkpoint import load_quantized, save_quantized
@@ -24,7 +24,7 @@ def quantize_model_rtn(model, **kwargs):
     return quantize_model(model, None, method="rtn", **kwargs)
 
 
-__all__ = ["QuantLinear", "QuantizedWeight", "quantize_rtn", "GPTQWeight", "quantize_weight",
+__all__ = ["QuantLinear", "QuantizedWeight", "quantize_rtn", "GPTQWeight", "quantize_weight", "prepare_hessian", "PreparedHessian",
            "quantize_model", "quantize_model_rtn", "LayerReport", "evaluate_perplexity", "save_quantized",
            "load_quantized", "ops", "reference", "format"]
 __version__ = "0.1.0"

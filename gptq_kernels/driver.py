@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .data import TextSource, calibration_samples
-from .gptq import quantize_weight
+from .gptq import prepare_hessian, quantize_weight
 from .quantized import QuantizedWeight, quantize_rtn
 
 METHODS = ("gptq", "rtn")
@@ -369,6 +369,10 @@ def _gptq_layer(layer, index, samples, bits, group_size, sym, desc_act, static_g
                 h.remove()
         for input_set in stage:
             hessian = hessians[input_set[0]]
+            prepared = None
+            if hessian.rows:  # one factorization for every linear reading this input
+                prepared = prepare_hessian(hessian.value(), desc_act=desc_act, damp_percent=damp_percent,
+                                           name=f"layers.{index}.{input_set[0]}")
             for name in input_set:
                 module = layer.get_submodule(name)
                 bias = None if module.bias is None else module.bias.detach()
@@ -379,7 +383,7 @@ def _gptq_layer(layer, index, samples, bits, group_size, sym, desc_act, static_g
                     qw = quantize_rtn(linear_weight(module).detach().float(), bits, group_size, sym, scale_dtype)
                     rows.append(LayerReport(index, name, "rtn", None, None, time.perf_counter() - start))
                 else:
-                    qw = quantize_weight(linear_weight(module).detach(), hessian.value(), bits=bits,
+                    qw = quantize_weight(linear_weight(module).detach(), prepared, bits=bits,
                                          group_size=group_size, sym=sym, desc_act=desc_act,
                                          static_groups=static_groups, damp_percent=damp_percent,
                                          block_size=block_size, name=f"layers.{index}.{name}",

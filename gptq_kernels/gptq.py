@@ -49,7 +49,46 @@ class GPTQWeight(QuantizedWeight):
     name: Optional[str] = None
 
 
-def quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 4, group_size: int = 128,
+@dataclass
+class PreparedHessian:
+    """What GPTQ needs from a Hessian, computed once: layers that read the same input (q/k/v) share it.
+
+    dead: input channels with a zero diagonal; perm: the act-order column order or None; factor: U, the upper
+    Cholesky factor of the damped inverse, in processing order; damp_percent: the damping used.
+    """
+
+    dead: torch.Tensor
+    perm: Optional[torch.Tensor]
+    factor: torch.Tensor
+    damp_percent: float
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t.abs().amax())) if t.numel() else True  # amax propagates NaN: one pass
+
+
+def prepare_hessian(hessian: torch.Tensor, *, desc_act: bool = False, damp_percent: float = 0.01,
+                    name: Optional[str] = None) -> PreparedHessian:
+    """Checks, damps and factors a Hessian [K, K] for quantize_weight (see there for the rules)."""
+    label = name or "weight"
+    if hessian.dim() != 2 or hessian.shape[0] != hessian.shape[1]:
+        raise ValueError(f"{label}: hessian must be a square matrix, got shape {tuple(hessian.shape)}")
+    if not (isinstance(damp_percent, (int, float)) and 0 <= damp_percent < 1):
+        raise ValueError(f"{label}: damp_percent must be in [0, 1), got {damp_percent!r}")
+    if not _all_finite(hessian):
+        raise ValueError(f"{label}: the Hessian contains NaN or Inf (were the calibration activations finite?)")
+    H = hessian.detach().to(torch.float32).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    perm = None
+    if desc_act:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        H = H[perm][:, perm]
+    U, damp_used = _inverse_hessian_factor(H, damp_percent, label)
+    return PreparedHessian(dead, perm, U, damp_used)
+
+
+def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size: int = 128,
                     sym: bool = True, desc_act: bool = False, static_groups: bool = False,
                     damp_percent: float = 0.01, block_size: int = 128, name: Optional[str] = None,
                     scale_dtype: torch.dtype = torch.float16) -> GPTQWeight:
@@ -58,7 +97,8 @@ def quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 
     Runs on the weight's device in float32. Input channels whose Hessian diagonal is 0 (never active in the
     calibration data) are "dead": their weights are set to zero. A Hessian that is not positive definite even
     after damping gets more damping, step by step, with a warning. NaN or Inf in the weight or the Hessian
-    raises ValueError naming the layer (``name``).
+    raises ValueError naming the layer (``name``). ``hessian`` may also be a PreparedHessian from
+    prepare_hessian (then desc_act and damp_percent were applied there).
     """
     start = time.perf_counter()
     label = name or "weight"
@@ -68,22 +108,20 @@ def quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 
         raise ValueError(f"{label}: weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
     rows, columns = weight.shape
     check_features(columns, rows)
-    if tuple(hessian.shape) != (columns, columns):
+    size = hessian.factor.shape if isinstance(hessian, PreparedHessian) else hessian.shape
+    if tuple(size) != (columns, columns):
         raise ValueError(f"{label}: hessian must have shape [{columns}, {columns}] (in_features squared), "
-                         f"got {tuple(hessian.shape)}")
+                         f"got {tuple(size)}")
     if not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"{label}: block_size must be a positive int, got {block_size!r}")
-    if not (isinstance(damp_percent, (int, float)) and 0 <= damp_percent < 1):
-        raise ValueError(f"{label}: damp_percent must be in [0, 1), got {damp_percent!r}")
-    if not torch.isfinite(weight).all():
+    if not _all_finite(weight):
         raise ValueError(f"{label}: the weight contains NaN or Inf")
-    if not torch.isfinite(hessian).all():
-        raise ValueError(f"{label}: the Hessian contains NaN or Inf (were the calibration activations finite?)")
+    if not isinstance(hessian, PreparedHessian):
+        hessian = prepare_hessian(hessian.to(weight.device), desc_act=desc_act, damp_percent=damp_percent,
+                                  name=name)
+    dead, perm, U, damp_used = hessian.dead, hessian.perm, hessian.factor, hessian.damp_percent
 
     W = weight.detach().to(torch.float32).clone()
-    H = hessian.detach().to(device=W.device, dtype=torch.float32).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
     W[:, dead] = 0.0
 
     # Grids fixed before the loop: one for the whole row (group_size -1) or, with static groups, one per
@@ -98,12 +136,8 @@ def quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 
             s, z = fit_grid(W[:, g * width:(g + 1) * width], bits, sym, scale_dtype)
             fixed_scale[:, g], fixed_zero[:, g] = s, z
 
-    perm = None
-    if desc_act:
-        perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
-
-    U, damp_used = _inverse_hessian_factor(H, damp_percent, label)
+    if perm is not None:
+        W = W[:, perm]
 
     # The group of each column in processing order, for fixed grids.
     original = perm if perm is not None else torch.arange(columns, device=W.device)
@@ -127,7 +161,7 @@ def quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int = 
         q, _, err, s_used, z_used = _gptq_block(W[:, i1:i2].contiguous(), U[i1:i2, i1:i2].contiguous(), bits,
                                                 sym, group_size, i1, s_cols, z_cols, scale_dtype)
         Q[:, i1:i2] = q
-        error += 0.5 * float((err.double() ** 2).sum())
+        error += 0.5 * float(torch.linalg.vector_norm(err)) ** 2
         if fixed_scale is None:
             for c in range(i1, i2, group_size):
                 scale[:, c // group_size], zero[:, c // group_size] = s_used[:, c - i1], z_used[:, c - i1]
@@ -171,7 +205,7 @@ def _inverse_hessian_factor(H: torch.Tensor, damp_percent: float, label: str) ->
         if int(info) == 0:
             L_inv = torch.linalg.solve_triangular(L, eye, upper=False)
             U = L_inv.flip(0).flip(1)
-            if bool(torch.isfinite(U).all()):
+            if _all_finite(U):
                 if step:
                     warnings.warn(f"{label}: the Hessian is not positive definite with damp_percent="
                                   f"{damp_percent:g}; used damp_percent={damp:g}", RuntimeWarning, stacklevel=3)

@@ -212,3 +212,51 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids))
     with pytest.raises(ValueError, match="has not been quantized by gptq_kernels.quantize_model"):
         gk.save_quantized(tiny_llama(), str(tmp_path / "float"))
+
+
+def test_cli_explains_every_option():
+    from gptq_kernels import cli
+
+    parser = cli._build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    assert set(subparsers.choices) == {"quantize", "eval", "demo"}
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+    args = parser.parse_args(["quantize", "--out", "x", "--bits", "3", "--group-size", "-1", "--asym", "--desc-act"])
+    assert (args.bits, args.group_size, args.sym, args.desc_act, args.true_sequential) == (3, -1, False, True, True)
+    assert parser.parse_args(["demo"]).nsamples == 32
+
+
+def test_cli_quantize_and_eval_a_local_model(tmp_path, capsys):
+    from gptq_kernels import cli
+
+    model_dir, out = tmp_path / "float", tmp_path / "quantized"
+    tiny_llama().save_pretrained(model_dir)
+    text = tmp_path / "text.txt"
+    text.write_text(data.calibration_text()[:4000], encoding="utf-8")
+    real_load = cli.load_model
+    cli.load_model = lambda spec, device=None: _load_with_char_tokenizer(spec)  # no tokenizer files needed
+    try:
+        cli.main(["quantize", "--model", str(model_dir), "--out", str(out), "--bits", "4", "--group-size", "32",
+                  "--calibration", str(text), "--nsamples", "4", "--seqlen", "64"])
+        cli.main(["eval", "--model", str(out), "--text", str(text), "--seqlen", "64", "--max-windows", "2"])
+    finally:
+        cli.load_model = real_load
+    output = capsys.readouterr().out
+    assert "quantized 14 linear layers to 4 bits (gptq)" in output and "perplexity" in output
+
+
+class _SavableCharTokenizer(CharTokenizer):
+    eos_token_id = 0
+
+    def save_pretrained(self, path):
+        pass
+
+
+def _load_with_char_tokenizer(spec):
+    from gptq_kernels.checkpoint import is_quantized_checkpoint, load_quantized
+
+    model = load_quantized(spec) if is_quantized_checkpoint(spec) else \
+        transformers.AutoModelForCausalLM.from_pretrained(spec)
+    return model.eval(), _SavableCharTokenizer()

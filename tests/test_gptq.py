@@ -304,3 +304,14 @@ def test_op_error_messages():
         ops.gptq_block(w, u, 4, True, 32, 0, s[:, :32], s[:, :32])
     with pytest.raises(RuntimeError, match="scale_dtype must be float16, bfloat16 or float32"):
         ops.gptq_block(w, u, 4, True, 32, 0, None, None, torch.float64)
+
+
+def test_a_prepared_hessian_gives_the_same_result():
+    h = hessian_of(correlated_inputs(128)).float()
+    w = random_weight(64, 128)
+    prepared = gptq.prepare_hessian(h, desc_act=True, damp_percent=0.02)
+    a = quantize_weight(w, prepared, bits=3, group_size=32)
+    b = quantize_weight(w, h, bits=3, group_size=32, desc_act=True, damp_percent=0.02)
+    assert torch.equal(a.qweight, b.qweight) and torch.equal(a.g_idx, b.g_idx) and a.damp_percent == 0.02
+    with pytest.raises(ValueError, match=r"q: hessian must be a square matrix, got shape \(4, 5\)"):
+        gptq.prepare_hessian(torch.ones(4, 5), name="q")
