@@ -260,3 +260,21 @@ def _load_with_char_tokenizer(spec):
     model = load_quantized(spec) if is_quantized_checkpoint(spec) else \
         transformers.AutoModelForCausalLM.from_pretrained(spec)
     return model.eval(), _SavableCharTokenizer()
+
+
+@pytest.mark.slow
+def test_smollm2_gptq_beats_round_to_nearest_at_3_bits():
+    """The real default model end to end, at small calibration and evaluation sizes (a few minutes on 2 cores)."""
+    pytest.importorskip("gguf")
+    from gptq_kernels import cli
+
+    model, tokenizer = cli.load_model("default")
+    calib = data.calibration_samples(data.calibration_text(), tokenizer, nsamples=16, seqlen=256)
+    held_out = data.token_stream(data.evaluation_text(), tokenizer)
+    rtn = copy.deepcopy(model)
+    gk.quantize_model_rtn(rtn, bits=3, group_size=128, progress=False)
+    report = gk.quantize_model(model, calib, bits=3, group_size=128, progress=False)
+    assert len(report) == 30 * 7
+    ppl_rtn = gk.evaluate_perplexity(rtn, held_out, seqlen=256, max_windows=2)
+    ppl_gptq = gk.evaluate_perplexity(model, held_out, seqlen=256, max_windows=2)
+    assert ppl_gptq < 0.8 * ppl_rtn

@@ -315,3 +315,10 @@ def test_a_prepared_hessian_gives_the_same_result():
     assert torch.equal(a.qweight, b.qweight) and torch.equal(a.g_idx, b.g_idx) and a.damp_percent == 0.02
     with pytest.raises(ValueError, match=r"q: hessian must be a square matrix, got shape \(4, 5\)"):
         gptq.prepare_hessian(torch.ones(4, 5), name="q")
+
+
+@pytest.mark.parametrize("n", [1, 100, 257, 600])
+def test_invert_lower_triangular(n):
+    a = torch.randn(n, n, dtype=torch.float64)
+    lower = torch.linalg.cholesky(a @ a.t() + n * torch.eye(n, dtype=torch.float64))
+    torch.testing.assert_close(gptq.invert_lower_triangular(lower) @ lower, torch.eye(n, dtype=torch.float64))
