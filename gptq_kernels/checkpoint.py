@@ -46,6 +46,21 @@ def model_size_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in _unique_state_dict(model).values())
 
 
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes of the weights of the decoder's linear layers (packed ones with their scales, zeros and g_idx)."""
+    from .driver import find_decoder_layers, is_linear
+
+    _, layers = find_decoder_layers(model)
+    total = 0
+    for module in layers.modules():
+        if isinstance(module, QuantLinear):
+            total += sum(t.numel() * t.element_size() for t in (module.qweight, module.qzeros, module.scales,
+                                                                 module.g_idx))
+        elif is_linear(module):
+            total += module.weight.numel() * module.weight.element_size()
+    return total
+
+
 def save_quantized(model: nn.Module, out_dir: str, tokenizer=None) -> None:
     """Writes model.safetensors, config.json (with quantization_config) and the tokenizer to out_dir."""
     from safetensors.torch import save_file

@@ -173,7 +173,7 @@ def generation_speed(model, tokenizer, new_tokens: int) -> float:
 
 
 def _demo(args) -> None:
-    from .checkpoint import model_size_bytes, save_quantized
+    from .checkpoint import linear_weight_bytes, model_size_bytes, save_quantized
     from .data import calibration_samples, calibration_text, evaluation_text, token_stream
     from .driver import quantize_model
     from .evaluate import evaluate_perplexity
@@ -188,7 +188,8 @@ def _demo(args) -> None:
     def measure(name, m, bits, seconds):
         ppl = evaluate_perplexity(m, eval_ids, seqlen=args.eval_seqlen, max_windows=args.eval_windows)
         row = dict(model=name, bits=bits, perplexity=ppl, quant_seconds=seconds,
-                   size_mb=model_size_bytes(m) / 2**20, tokens_per_s=generation_speed(m, tokenizer, args.new_tokens))
+                   size_mb=model_size_bytes(m) / 2**20, linear_mb=linear_weight_bytes(m) / 2**20,
+                   tokens_per_s=generation_speed(m, tokenizer, args.new_tokens))
         print(f"  {name}: perplexity {ppl:.2f}, {row['size_mb']:.0f} MB, {row['tokens_per_s']:.1f} tokens/s",
               flush=True)
         return row
@@ -212,14 +213,14 @@ def _demo(args) -> None:
 
 
 def format_table(rows: List[dict], args) -> str:
-    lines = [f"SmolLM2-135M-Instruct, calibration {args.nsamples}x{args.seqlen} tokens, evaluation "
+    lines = [f"{args.model}, calibration {args.nsamples}x{args.seqlen} tokens, evaluation "
              f"{args.eval_windows}x{args.eval_seqlen} held-out tokens, group size {args.group_size}",
-             "", "| model | perplexity | quantization time (s) | size (MB) | generation (tokens/s) |",
-             "|---|---|---|---|---|"]
+             "", "| model | perplexity | quantization time (s) | model size (MB) | decoder linears (MB) "
+             "| generation (tokens/s) |", "|---|---|---|---|---|---|"]
     for r in rows:
         seconds = "-" if r["quant_seconds"] is None else f"{r['quant_seconds']:.1f}"
         lines.append(f"| {r['model']} | {r['perplexity']:.2f} | {seconds} | {r['size_mb']:.0f} | "
-                     f"{r['tokens_per_s']:.1f} |")
+                     f"{r['linear_mb']:.1f} | {r['tokens_per_s']:.1f} |")
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from .data import TextSource, calibration_samples
 from .gptq import prepare_hessian, quantize_weight
+from .nn import QuantLinear
 from .quantized import QuantizedWeight, quantize_rtn
 
 METHODS = ("gptq", "rtn")
@@ -82,7 +83,8 @@ def find_decoder_layers(model: nn.Module) -> Tuple[str, nn.ModuleList]:
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
-        if len({type(block) for block in module}) != 1 or not any(is_linear(m) for m in module[0].modules()):
+        if len({type(block) for block in module}) != 1 or not any(
+                is_linear(m) or isinstance(m, QuantLinear) for m in module[0].modules()):
             continue
         size = sum(p.numel() for p in module.parameters())
         if best is None or size > best[2]:

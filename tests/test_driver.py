@@ -278,3 +278,13 @@ def test_smollm2_gptq_beats_round_to_nearest_at_3_bits():
     ppl_rtn = gk.evaluate_perplexity(rtn, held_out, seqlen=256, max_windows=2)
     ppl_gptq = gk.evaluate_perplexity(model, held_out, seqlen=256, max_windows=2)
     assert ppl_gptq < 0.8 * ppl_rtn
+
+
+def test_decoder_layers_are_found_after_quantization():
+    from gptq_kernels.checkpoint import linear_weight_bytes
+
+    model = tiny_llama()
+    float_bytes = linear_weight_bytes(model)
+    gk.quantize_model_rtn(model, bits=4, group_size=32, progress=False)
+    assert driver.find_decoder_layers(model)[0] == "model.layers"
+    assert linear_weight_bytes(model) < float_bytes / 6  # 4-bit weights plus fp16 scales per 32
