@@ -28,4 +28,14 @@ TORCH_LIBRARY(gptq_kernels, m) {
   // y = x @ W^T + bias for x [..., K] (float16/bfloat16/float32); y [..., N] has x's dtype.
   m.def("gemm(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor? g_idx, Tensor? bias, int bits,"
         " int group_size) -> Tensor");
+  // The inner column loop of blocked GPTQ over one block of B columns (see gptq_kernels/gptq.py).
+  // weight [rows, B] float32: the block's columns, already updated for the errors of earlier blocks;
+  // hinv [B, B] float32: the block's diagonal block of U, the upper Cholesky factor of H^-1.
+  // Grids: scale and zero [rows, B] give every column's grid (static groups, group_size -1); when None the
+  // op fits a grid (core/grid.h) from the current columns of each group, which requires group_size > 0 and
+  // column_offset (the block's first column in the matrix) a multiple of group_size.
+  // Returns (q int32, dequantized, err = (w - dequantized) / U[j, j], scale, zero), all [rows, B]; the
+  // caller applies W[:, end:] -= err @ U[start:end, end:]. Scales are rounded to scale_dtype before use.
+  m.def("gptq_block(Tensor weight, Tensor hinv, int bits, bool sym, int group_size, int column_offset,"
+        " Tensor? scale, Tensor? zero, ScalarType scale_dtype) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -3,12 +3,28 @@
 Public API:
   QuantLinear                  drop-in nn.Linear replacement holding GPTQ-packed weights
   QuantizedWeight, quantize_rtn    one layer's packed tensors; round-to-nearest quantization
+  quantize_weight, GPTQWeight      GPTQ for one layer given its Hessian
+  quantize_model, quantize_model_rtn   GPTQ / round-to-nearest over a transformers decoder model
+  evaluate_perplexity              perplexity over non-overlapping windows
+  save_quantized, load_quantized   GPTQ-format checkpoints (safetensors + config.json)
   ops                          the compiled ops (torch.ops.gptq_kernels.*) with typed wrappers
   reference                    pure-PyTorch reference of the layout and the matmul
 """
 from . import format, ops, reference
 from .nn import QuantLinear
 from .quantized import QuantizedWeight, quantize_rtn
+from .gptq import GPTQWeight, PreparedHessian, prepare_hessian, quantize_weight
+from .driver import LayerReport, quantize_model
+from .evaluate import evaluate_perplexity
+from .checkpoint import load_quantized, save_quantized
 
-__all__ = ["QuantLinear", "QuantizedWeight", "quantize_rtn", "ops", "reference", "format"]
+
+def quantize_model_rtn(model, **kwargs):
+    """Round-to-nearest baseline over the same layers as quantize_model (no calibration data)."""
+    return quantize_model(model, None, method="rtn", **kwargs)
+
+
+__all__ = ["QuantLinear", "QuantizedWeight", "quantize_rtn", "GPTQWeight", "quantize_weight", "prepare_hessian", "PreparedHessian",
+           "quantize_model", "quantize_model_rtn", "LayerReport", "evaluate_perplexity", "save_quantized",
+           "load_quantized", "ops", "reference", "format"]
 __version__ = "0.1.0"

@@ -67,6 +67,18 @@ def gemm(x, qweight, qzeros, scales, g_idx: Optional[torch.Tensor], bias: Option
     return torch.ops.gptq_kernels.gemm(x, qweight, qzeros, scales, g_idx, bias, bits, group_size)
 
 
+def gptq_block(weight: torch.Tensor, hinv: torch.Tensor, bits: int, sym: bool, group_size: int,
+               column_offset: int, scale: Optional[torch.Tensor] = None, zero: Optional[torch.Tensor] = None,
+               scale_dtype: torch.dtype = torch.float16):
+    """The inner column loop of blocked GPTQ over one block (see csrc/ops.cpp).
+
+    Returns (q int32, dequantized, err, scale, zero), each [rows, B]; err is (w - dequantized) / hinv[j, j].
+    """
+    _require_compiled()
+    return torch.ops.gptq_kernels.gptq_block(weight, hinv, bits, sym, group_size, column_offset, scale, zero,
+                                            scale_dtype)
+
+
 def _check_bits(bits: int) -> None:
     torch._check(bits in (2, 3, 4, 8), lambda: f"bits must be 2, 3, 4 or 8, got {bits}")
 
@@ -98,3 +110,13 @@ if _IMPORT_ERROR is None:
         k = qweight.shape[0] // bits * 32
         torch._check(x.shape[-1] == k, lambda: f"x has {x.shape[-1]} features, the weight has K = {k}")
         return x.new_empty((*x.shape[:-1], qweight.shape[1]))
+
+    @torch.library.register_fake("gptq_kernels::gptq_block")
+    def _gptq_block_fake(weight, hinv, bits, sym, group_size, column_offset, scale, zero, scale_dtype):
+        _check_bits(bits)
+        torch._check(weight.dim() == 2, lambda: "weight must be 2-D [rows, B]")
+        width = weight.shape[1]
+        torch._check(tuple(hinv.shape) == (width, width), lambda: f"hinv must be [{width}, {width}]")
+        torch._check((scale is None) == (zero is None), lambda: "pass both scale and zero or neither")
+        return (weight.new_empty(weight.shape, dtype=torch.int32), torch.empty_like(weight),
+                torch.empty_like(weight), torch.empty_like(weight), torch.empty_like(weight))

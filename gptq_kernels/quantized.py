@@ -6,7 +6,7 @@ from typing import Dict, Optional
 
 import torch
 
-from . import reference
+from . import ops, reference
 from .format import check_bits, check_features, check_group_size, default_g_idx, num_groups
 from .grid import fit_grid, quantize_to_grid
 
@@ -36,8 +36,10 @@ class QuantizedWeight:
                       bits: int, group_size: int, sym: bool = True,
                       scale_dtype: torch.dtype = torch.float16) -> "QuantizedWeight":
         """Packs integers q [N, K], per-group scale and zero [N, G] and g_idx [K] into the GPTQ layout."""
+        values = q.t().to(torch.int32).contiguous()
+        pack = ops.pack if ops.has_kernel(values.device.type, "pack") else reference.pack_rows
         return cls(
-            qweight=reference.pack_rows(q.t().to(torch.int32), bits),
+            qweight=pack(values, bits),
             qzeros=reference.pack_zeros(zero.t().round().to(torch.int32), bits),
             scales=scale.t().to(scale_dtype).contiguous(),
             g_idx=g_idx.to(torch.int32).contiguous(),

@@ -1,9 +1,13 @@
 import os
 import random
+import sys
 import zlib
 
 import pytest
 import torch
+
+# Tests import the package from the source tree (the extension is built in place).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Fresh random inputs on every run; set GPTQ_TEST_SEED to replay one (the header shows the seed used).
 SEED = int(os.environ.get("GPTQ_TEST_SEED", random.randrange(1 << 30)))

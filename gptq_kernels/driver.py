@@ -1,0 +1,440 @@
+"""quantize_model: GPTQ (or round-to-nearest) over a Hugging Face decoder model, one decoder layer at a time.
+
+The decoder layers are found from the model's structure (the largest ModuleList of identical blocks that
+contain linear layers: ``model.layers`` in Llama/Mistral/Qwen, ``model.decoder.layers`` in OPT,
+``transformer.h`` in GPT-2), not from a list of families. The run:
+
+1. captures the inputs of the first decoder layer for every calibration sample, with the keyword arguments
+   the model passes it (attention mask, position ids, rotary embeddings), by a forward that stops there;
+2. for each layer, on ``device``: finds its linear layers and the order they run in, groups those that read
+   the same input (q/k/v, gate/up), and for each group in order (true-sequential) collects the Hessian of
+   the group's input with a forward hook, quantizes the group, and puts the quantized weights in place so
+   the next group's Hessian sees the quantized earlier groups;
+3. reruns the quantized layer to get the next layer's inputs, replaces its linears by QuantLinear and moves
+   it back where it was.
+
+With ``work_dir`` every finished layer and the next layer's inputs are saved (temporary file, then rename);
+a run with the same work_dir and settings resumes after the last finished layer.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .data import TextSource, calibration_samples
+from .gptq import prepare_hessian, quantize_weight
+from .nn import QuantLinear
+from .quantized import QuantizedWeight, quantize_rtn
+
+METHODS = ("gptq", "rtn")
+
+
+@dataclass
+class LayerReport:
+    layer: int
+    module: str
+    method: str
+    error: Optional[float]  # the GPTQ objective (see GPTQWeight.error); None for round-to-nearest
+    damp_percent: Optional[float]
+    seconds: float
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward once what it was run for has been seen."""
+
+
+# ------------------------------------------------------------------------------------------- structure
+def is_linear(module: nn.Module) -> bool:
+    """nn.Linear, or transformers' Conv1D (GPT-2), which is a linear layer with a transposed weight."""
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+
+
+def quantizable_linears(layer: nn.Module, index: int) -> List[str]:
+    """Names of the layer's linears; those the GPTQ layout cannot hold (features not multiples of 32) stay float."""
+    names = []
+    for name, module in layer.named_modules():
+        if not is_linear(module):
+            continue
+        out_features, in_features = linear_weight(module).shape
+        if in_features % 32 or out_features % 32:
+            warnings.warn(f"layers.{index}.{name}: {in_features} -> {out_features} features are not multiples of "
+                          "32, which GPTQ packing needs; left unquantized", RuntimeWarning, stacklevel=3)
+            continue
+        names.append(name)
+    return names
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as [out_features, in_features] (nn.Linear convention)."""
+    return module.weight.t() if type(module).__name__ == "Conv1D" else module.weight
+
+
+def find_decoder_layers(model: nn.Module) -> Tuple[str, nn.ModuleList]:
+    """(name, ModuleList) of the decoder layers: the largest ModuleList of same-type blocks with linear layers."""
+    best = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(block) for block in module}) != 1 or not any(
+                is_linear(m) or isinstance(m, QuantLinear) for m in module[0].modules()):
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if best is None or size > best[2]:
+            best = (name, module, size)
+    if best is None:
+        raise ValueError(f"found no decoder layers in {type(model).__name__}: expected a ModuleList of identical "
+                         "blocks containing linear layers")
+    return best[0], best[1]
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+class _Catcher(nn.Module):
+    """Stands in for the first decoder layer: records its inputs and stops the forward."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+        self.captured: List[Tuple[torch.Tensor, Dict]] = []
+
+    def __getattr__(self, name):  # models read attributes of their layers (e.g. attention_type)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kwargs = dict(kwargs)
+        for key in ("past_key_value", "past_key_values", "layer_past"):
+            if key in kwargs:
+                kwargs[key] = None
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        self.captured.append((hidden, kwargs))
+        raise _StopForward
+
+
+def _layer_output(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+# ------------------------------------------------------------------------------------------ per layer
+class _Hessian:
+    """H = 2/n * sum over rows x of x x^T, accumulated in float32 on the layer's device."""
+
+    def __init__(self, columns: int, device):
+        self.sum = torch.zeros(columns, columns, dtype=torch.float32, device=device)
+        self.rows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        self.sum.addmm_(x.t(), x)
+        self.rows += x.shape[0]
+
+    def value(self) -> torch.Tensor:
+        return self.sum * (2.0 / max(self.rows, 1))
+
+
+def _input_sets(layer: nn.Module, names: Sequence[str], sample) -> List[List[str]]:
+    """The layer's linears in execution order, consecutive ones reading the same tensor grouped together.
+
+    Linears that this sample never reaches come last, each on its own.
+    """
+    seen: List[Tuple[str, torch.Tensor]] = []
+    hooks = [layer.get_submodule(n).register_forward_pre_hook(
+        lambda m, args, n=n: seen.append((n, args[0]))) for n in names]
+    try:
+        hidden, kwargs = sample
+        layer(hidden, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    sets: List[List[str]] = []
+    last = None
+    for name, x in seen:
+        if any(name in s for s in sets):
+            continue  # a linear called twice keeps its first place
+        if last is not None and x is last:
+            sets[-1].append(name)
+        else:
+            sets.append([name])
+        last = x
+    called = {n for s in sets for n in s}
+    return sets + [[n] for n in names if n not in called]
+
+
+def _run_layer(layer, samples, stop_after: Optional[nn.Module] = None) -> List[torch.Tensor]:
+    outputs = []
+    hook = None
+    if stop_after is not None:
+        def stop(module, args, output):
+            raise _StopForward
+        hook = stop_after.register_forward_hook(stop)
+    try:
+        for hidden, kwargs in samples:
+            try:
+                outputs.append(_layer_output(layer(hidden, **kwargs)))
+            except _StopForward:
+                pass
+    finally:
+        if hook is not None:
+            hook.remove()
+    return outputs
+
+
+def _float_stand_in(module: nn.Module, weight: torch.Tensor) -> nn.Linear:
+    """An nn.Linear computing with the dequantized weight: the layer's later groups see the quantized output."""
+    old = linear_weight(module)
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None, dtype=old.dtype,
+                       device=old.device)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+    return linear
+
+
+# ------------------------------------------------------------------------------------------ resuming
+_SETTINGS = ("method", "bits", "group_size", "sym", "desc_act", "static_groups", "damp_percent",
+             "true_sequential", "layers")
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _layer_state(quantized: Dict[str, Tuple[QuantizedWeight, Optional[torch.Tensor]]]) -> Dict:
+    return {name: {**{k: v.cpu() for k, v in qw.tensors().items()}, "bias": None if b is None else b.cpu()}
+            for name, (qw, b) in quantized.items()}
+
+
+def _restore_layer(layer: nn.Module, state: Dict, bits: int, group_size: int, sym: bool, dtype) -> None:
+    for name, t in state.items():
+        qw = QuantizedWeight(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], bits, group_size, sym)
+        _set_submodule(layer, name, qw.to_quant_linear(bias=t["bias"], dtype=dtype))
+
+
+# ------------------------------------------------------------------------------------------ the driver
+@torch.no_grad()
+def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *, tokenizer=None, bits: int = 4,
+                   group_size: int = 128, sym: bool = True, desc_act: bool = False, static_groups: bool = False,
+                   damp_percent: float = 0.01, true_sequential: bool = True, method: str = "gptq",
+                   device=None, work_dir: Optional[str] = None, report_csv: Optional[str] = None,
+                   seqlen: int = 512, nsamples: int = 128, block_size: int = 128,
+                   scale_dtype: torch.dtype = torch.float16, progress: bool = True,
+                   on_layer_done: Optional[Callable[[int, List[LayerReport]], None]] = None) -> List[LayerReport]:
+    """Quantizes every linear layer inside the decoder layers of `model` in place (lm_head and embeddings stay).
+
+    calibration: token ids (a [n, L] tensor or a list of tensors: one sample each; a 1-D tensor: a stream cut
+        into nsamples windows of seqlen), a text, a list of texts or the path of a text file (with tokenizer).
+        Not needed for method="rtn".
+    method: "gptq", or "rtn" for the round-to-nearest baseline.
+    device: where each layer is quantized (default: where the model is); the rest of the model stays put.
+    work_dir: makes the run resumable (see the module docstring).
+    on_layer_done: called as on_layer_done(layer_index, report) after each finished (and saved) layer.
+    Returns the per-linear report; also written to report_csv when given.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    layers_name, layers = find_decoder_layers(model)
+    model_device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device
+    settings = dict(method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
+                    static_groups=static_groups, damp_percent=damp_percent, true_sequential=true_sequential,
+                    layers=len(layers))
+    report: List[LayerReport] = []
+    scales_dtype = scale_dtype
+
+    first, samples = 0, None
+    if work_dir is not None:
+        first, samples, report = _resume(model, layers, work_dir, settings, scales_dtype)
+
+    if method == "gptq" and samples is None:
+        if calibration is None:
+            raise ValueError("method='gptq' needs calibration data (token ids, texts or a text file)")
+        tokens = calibration_samples(calibration, tokenizer, nsamples=nsamples, seqlen=seqlen)
+        samples = _capture_first_layer_inputs(model, layers, tokens, device)
+        if work_dir is not None:
+            _atomic_save({"next_layer": 0, "samples": samples, "report": []}, os.path.join(work_dir, "state.pt"))
+
+    iterator = range(first, len(layers))
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"{method.upper()} {bits}-bit", unit="layer", initial=first,
+                        total=len(layers))
+    use_cache = getattr(getattr(model, "config", None), "use_cache", None)
+    if use_cache is not None:
+        model.config.use_cache = False
+    try:
+        for index in iterator:
+            layer = layers[index]
+            home = next(layer.parameters()).device
+            layer.to(device)
+            if method == "rtn":
+                quantized, rows = _rtn_layer(layer, index, bits, group_size, sym, scale_dtype)
+            else:
+                quantized, rows, samples = _gptq_layer(layer, index, samples, bits, group_size, sym, desc_act,
+                                                       static_groups, damp_percent, true_sequential, block_size,
+                                                       scale_dtype)
+            for name, (qw, bias) in quantized.items():
+                _set_submodule(layer, name, qw.to_quant_linear(bias=bias, dtype=scale_dtype))
+            layer.to(home)
+            report.extend(rows)
+            if work_dir is not None:
+                _atomic_save(_layer_state(quantized), os.path.join(work_dir, f"layer_{index:04d}.pt"))
+                _atomic_save({"next_layer": index + 1, "samples": samples,
+                              "report": [asdict(r) for r in report]}, os.path.join(work_dir, "state.pt"))
+            if on_layer_done is not None:
+                on_layer_done(index, report)
+    finally:
+        if use_cache is not None:
+            model.config.use_cache = use_cache
+
+    model.gptq_kernels_config = dict(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
+                                     static_groups=static_groups, damp_percent=damp_percent,
+                                     true_sequential=true_sequential, method=method, layers=layers_name)
+    if report_csv is not None:
+        write_report_csv(report, report_csv)
+    return report
+
+
+def write_report_csv(report: Sequence[LayerReport], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in LayerReport.__dataclass_fields__])
+        writer.writeheader()
+        for row in report:
+            writer.writerow(asdict(row))
+
+
+def _capture_first_layer_inputs(model, layers, tokens, device):
+    """Runs the model up to its first decoder layer for every sample; returns [(hidden, kwargs)] on `device`."""
+    catcher = _Catcher(layers[0])
+    moved = device != next(model.parameters()).device
+    if moved:
+        # Everything but the decoder layers (embeddings, rotary tables, ...) goes to `device` for the capture.
+        saved = list(layers)
+        for i in range(len(layers)):
+            layers[i] = nn.Identity()
+        home = next(model.parameters()).device
+        model.to(device)
+    layers[0] = catcher
+    try:
+        for ids in tokens:
+            try:
+                model(input_ids=ids.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        layers[0] = catcher.layer
+        if moved:
+            model.to(home)
+            for i, layer in enumerate(saved):
+                layers[i] = layer
+    if len(catcher.captured) != len(tokens):
+        raise RuntimeError(f"the first decoder layer was reached for {len(catcher.captured)} of {len(tokens)} "
+                           "calibration samples")
+    return catcher.captured
+
+
+def _gptq_layer(layer, index, samples, bits, group_size, sym, desc_act, static_groups, damp_percent,
+                true_sequential, block_size, scale_dtype):
+    names = quantizable_linears(layer, index)
+    sets = _input_sets(layer, names, samples[0])
+    stages = [[s] for s in sets] if true_sequential else [sets]
+    quantized, rows = {}, []
+    for stage in stages:
+        modules = {s[0]: layer.get_submodule(s[0]) for s in stage}
+        hessians = {n: _Hessian(linear_weight(m).shape[1], linear_weight(m).device) for n, m in modules.items()}
+        hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: hessians[n].add(args[0]))
+                 for n, m in modules.items()]
+        # The forward can stop once the stage's last linear has run (later parts do not change its Hessian).
+        last = layer.get_submodule(stage[-1][-1])
+        try:
+            _run_layer(layer, samples, stop_after=last)
+        finally:
+            for h in hooks:
+                h.remove()
+        for input_set in stage:
+            hessian = hessians[input_set[0]]
+            prepared = None
+            if hessian.rows:  # one factorization for every linear reading this input
+                prepared = prepare_hessian(hessian.value(), desc_act=desc_act, damp_percent=damp_percent,
+                                           name=f"layers.{index}.{input_set[0]}")
+            for name in input_set:
+                module = layer.get_submodule(name)
+                bias = None if module.bias is None else module.bias.detach()
+                start = time.perf_counter()
+                if hessian.rows == 0:  # never reached by the calibration data: nothing to weight the error by
+                    warnings.warn(f"layers.{index}.{name}: not reached by the calibration data; quantized with "
+                                  "round-to-nearest", RuntimeWarning, stacklevel=3)
+                    qw = quantize_rtn(linear_weight(module).detach().float(), bits, group_size, sym, scale_dtype)
+                    rows.append(LayerReport(index, name, "rtn", None, None, time.perf_counter() - start))
+                else:
+                    qw = quantize_weight(linear_weight(module).detach(), prepared, bits=bits,
+                                         group_size=group_size, sym=sym, desc_act=desc_act,
+                                         static_groups=static_groups, damp_percent=damp_percent,
+                                         block_size=block_size, name=f"layers.{index}.{name}",
+                                         scale_dtype=scale_dtype)
+                    rows.append(LayerReport(index, name, "gptq", qw.error, qw.damp_percent,
+                                            time.perf_counter() - start))
+                quantized[name] = (qw, bias)
+                _set_submodule(layer, name, _float_stand_in(module, qw.dequantize(torch.float32)))
+        del hessians
+    outputs = _run_layer(layer, samples)
+    return quantized, rows, [(out, kwargs) for out, (_, kwargs) in zip(outputs, samples)]
+
+
+def _rtn_layer(layer, index, bits, group_size, sym, scale_dtype):
+    quantized, rows = {}, []
+    for name in quantizable_linears(layer, index):
+        module = layer.get_submodule(name)
+        start = time.perf_counter()
+        qw = quantize_rtn(linear_weight(module).detach().float(), bits, group_size, sym, scale_dtype)
+        quantized[name] = (qw, None if module.bias is None else module.bias.detach())
+        rows.append(LayerReport(index, name, "rtn", None, None, time.perf_counter() - start))
+    return quantized, rows
+
+
+def _resume(model, layers, work_dir, settings, scale_dtype):
+    """Restores the layers a previous run finished; returns (next layer, its inputs or None, report)."""
+    os.makedirs(work_dir, exist_ok=True)
+    settings_path = os.path.join(work_dir, "settings.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as f:
+            previous = json.load(f)
+        for key in _SETTINGS:
+            if previous.get(key) != settings[key]:
+                raise ValueError(f"work_dir {work_dir} holds a run with {key}={previous.get(key)!r}, but this run "
+                                 f"has {key}={settings[key]!r}: use another work_dir or the same settings")
+    else:
+        tmp = settings_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(settings, f, indent=1)
+        os.replace(tmp, settings_path)
+    state_path = os.path.join(work_dir, "state.pt")
+    if not os.path.exists(state_path):
+        return 0, None, []
+    state = torch.load(state_path, weights_only=False)  # written by _atomic_save above, not foreign data
+    first = state["next_layer"]
+    for index in range(first):
+        layer_state = torch.load(os.path.join(work_dir, f"layer_{index:04d}.pt"), weights_only=True)
+        device = next(layers[index].parameters()).device
+        _restore_layer(layers[index], layer_state, settings["bits"], settings["group_size"], settings["sym"],
+                       scale_dtype)
+        layers[index].to(device)
+    return first, state["samples"], [LayerReport(**r) for r in state["report"]]

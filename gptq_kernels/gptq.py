@@ -1,0 +1,273 @@
+"""GPTQ for one linear layer (Frantar et al., 2022, arXiv 2210.17323): quantize_weight.
+
+Given a weight W [N, K] and the Hessian H = 2/n * sum(x x^T) [K, K] of the layer's inputs, GPTQ quantizes
+the columns of W one after another and spreads each column's rounding error over the columns not yet
+quantized, weighted by U, the upper Cholesky factor of H^-1. Columns are processed in blocks: the compiled
+op ``gptq_block`` runs the column loop inside a block (every row in parallel), and the error of a whole
+block reaches the later columns through one matrix product (the paper's "lazy batch" update).
+
+Options as GPTQ users know them: bits 2/3/4/8, group_size (-1 = one grid per output channel), sym/asym zero
+points, act-order (``desc_act``: columns by decreasing Hessian diagonal) and static groups (grids fitted on
+the unquantized weight before the loop, so act-order needs no g_idx reordering at inference).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from . import ops
+from .format import check_bits, check_features, check_group_size, default_g_idx, num_groups
+from .grid import dequantize_from_grid, fit_grid, quantize_to_grid
+from .quantized import QuantizedWeight
+
+# Damping is raised by this factor each time the damped Hessian is still not positive definite, at most
+# MAX_DAMP_STEPS times (0.01 * 2^30 times the mean diagonal dwarfs any Hessian a layer can produce).
+DAMP_GROWTH = 2.0
+MAX_DAMP_STEPS = 30
+
+
+@dataclass
+class GPTQWeight(QuantizedWeight):
+    """A QuantizedWeight produced by GPTQ, with what the run measured.
+
+    error: the GPTQ objective sum((w - q)^2 / U[j, j]^2) / 2 over all weights (the paper's loss; 0 = exact).
+    damp_percent: the damping actually used, as a fraction of the mean Hessian diagonal (raised above the
+        requested value when the Hessian was not positive definite).
+    perm: the column order used (act-order), or None.
+    seconds: wall time of quantize_weight.
+    """
+
+    error: float = 0.0
+    damp_percent: float = 0.0
+    perm: Optional[torch.Tensor] = None
+    seconds: float = 0.0
+    name: Optional[str] = None
+
+
+@dataclass
+class PreparedHessian:
+    """What GPTQ needs from a Hessian, computed once: layers that read the same input (q/k/v) share it.
+
+    dead: input channels with a zero diagonal; perm: the act-order column order or None; factor: U, the upper
+    Cholesky factor of the damped inverse, in processing order; damp_percent: the damping used.
+    """
+
+    dead: torch.Tensor
+    perm: Optional[torch.Tensor]
+    factor: torch.Tensor
+    damp_percent: float
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t.abs().amax())) if t.numel() else True  # amax propagates NaN: one pass
+
+
+def prepare_hessian(hessian: torch.Tensor, *, desc_act: bool = False, damp_percent: float = 0.01,
+                    name: Optional[str] = None) -> PreparedHessian:
+    """Checks, damps and factors a Hessian [K, K] for quantize_weight (see there for the rules)."""
+    label = name or "weight"
+    if hessian.dim() != 2 or hessian.shape[0] != hessian.shape[1]:
+        raise ValueError(f"{label}: hessian must be a square matrix, got shape {tuple(hessian.shape)}")
+    if not (isinstance(damp_percent, (int, float)) and 0 <= damp_percent < 1):
+        raise ValueError(f"{label}: damp_percent must be in [0, 1), got {damp_percent!r}")
+    if not _all_finite(hessian):
+        raise ValueError(f"{label}: the Hessian contains NaN or Inf (were the calibration activations finite?)")
+    H = hessian.detach().to(torch.float32).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    perm = None
+    if desc_act:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        H = H[perm][:, perm]
+    U, damp_used = _inverse_hessian_factor(H, damp_percent, label)
+    return PreparedHessian(dead, perm, U, damp_used)
+
+
+def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size: int = 128,
+                    sym: bool = True, desc_act: bool = False, static_groups: bool = False,
+                    damp_percent: float = 0.01, block_size: int = 128, name: Optional[str] = None,
+                    scale_dtype: torch.dtype = torch.float16) -> GPTQWeight:
+    """GPTQ-quantizes weight [N, K] (nn.Linear layout) given the Hessian [K, K] of its inputs.
+
+    Runs on the weight's device in float32. Input channels whose Hessian diagonal is 0 (never active in the
+    calibration data) are "dead": their weights are set to zero. A Hessian that is not positive definite even
+    after damping gets more damping, step by step, with a warning. NaN or Inf in the weight or the Hessian
+    raises ValueError naming the layer (``name``). ``hessian`` may also be a PreparedHessian from
+    prepare_hessian (then desc_act and damp_percent were applied there).
+    """
+    start = time.perf_counter()
+    label = name or "weight"
+    check_bits(bits)
+    check_group_size(group_size)
+    if weight.dim() != 2:
+        raise ValueError(f"{label}: weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
+    rows, columns = weight.shape
+    check_features(columns, rows)
+    size = hessian.factor.shape if isinstance(hessian, PreparedHessian) else hessian.shape
+    if tuple(size) != (columns, columns):
+        raise ValueError(f"{label}: hessian must have shape [{columns}, {columns}] (in_features squared), "
+                         f"got {tuple(size)}")
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"{label}: block_size must be a positive int, got {block_size!r}")
+    if not _all_finite(weight):
+        raise ValueError(f"{label}: the weight contains NaN or Inf")
+    if not isinstance(hessian, PreparedHessian):
+        hessian = prepare_hessian(hessian.to(weight.device), desc_act=desc_act, damp_percent=damp_percent,
+                                  name=name)
+    dead, perm, U, damp_used = hessian.dead, hessian.perm, hessian.factor, hessian.damp_percent
+
+    W = weight.detach().to(torch.float32).clone()
+    W[:, dead] = 0.0
+
+    # Grids fixed before the loop: one for the whole row (group_size -1) or, with static groups, one per
+    # group of the original channel order, both from the unquantized weight.
+    fixed_scale = fixed_zero = None
+    width = columns if group_size == -1 else group_size
+    groups = num_groups(columns, group_size)
+    if group_size == -1 or static_groups:
+        fixed_scale = torch.empty(rows, groups, device=W.device)
+        fixed_zero = torch.empty(rows, groups, device=W.device)
+        for g in range(groups):
+            s, z = fit_grid(W[:, g * width:(g + 1) * width], bits, sym, scale_dtype)
+            fixed_scale[:, g], fixed_zero[:, g] = s, z
+
+    if perm is not None:
+        W = W[:, perm]
+
+    # The group of each column in processing order, for fixed grids.
+    original = perm if perm is not None else torch.arange(columns, device=W.device)
+    column_group = torch.zeros_like(original) if group_size == -1 else original // group_size
+    if fixed_scale is None:
+        # Grids fitted inside the op need each group whole inside one block: blocks of whole groups.
+        block = group_size * max(1, block_size // group_size)
+    else:
+        block = block_size
+
+    Q = torch.empty(rows, columns, dtype=torch.int32, device=W.device)
+    scale = torch.empty(rows, groups, device=W.device)
+    zero = torch.empty(rows, groups, device=W.device)
+    error = 0.0
+    for i1 in range(0, columns, block):
+        i2 = min(i1 + block, columns)
+        s_cols = z_cols = None
+        if fixed_scale is not None:
+            s_cols = fixed_scale[:, column_group[i1:i2]].contiguous()
+            z_cols = fixed_zero[:, column_group[i1:i2]].contiguous()
+        q, _, err, s_used, z_used = _gptq_block(W[:, i1:i2].contiguous(), U[i1:i2, i1:i2].contiguous(), bits,
+                                                sym, group_size, i1, s_cols, z_cols, scale_dtype)
+        Q[:, i1:i2] = q
+        error += 0.5 * float(torch.linalg.vector_norm(err)) ** 2
+        if fixed_scale is None:
+            for c in range(i1, i2, group_size):
+                scale[:, c // group_size], zero[:, c // group_size] = s_used[:, c - i1], z_used[:, c - i1]
+        if i2 < columns:
+            W[:, i2:].addmm_(err, U[i1:i2, i2:], alpha=-1.0)  # the lazy-batch update of the later columns
+
+    if fixed_scale is not None:
+        scale, zero = fixed_scale, fixed_zero
+    if perm is not None:
+        inverse = torch.argsort(perm)
+        Q = Q[:, inverse]
+    if perm is not None and not static_groups and group_size != -1:
+        # Group i holds the i-th run of group_size columns in processing order: g_idx[perm[i]] = i // group_size.
+        g_idx = (torch.arange(columns, device=W.device) // group_size)[inverse]
+    else:
+        g_idx = default_g_idx(columns, group_size, W.device)
+
+    packed = QuantizedWeight.from_integers(Q, scale, zero, g_idx, bits, group_size, sym, scale_dtype)
+    return GPTQWeight(**vars(packed), error=error, damp_percent=damp_used, perm=perm,
+                      seconds=time.perf_counter() - start, name=name)
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, damp_percent: float = 0.01, name: Optional[str] = None
+                           ) -> Tuple[torch.Tensor, float]:
+    """U, the upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, and the damp_percent used."""
+    return _inverse_hessian_factor(hessian.to(torch.float32), damp_percent, name or "weight")
+
+
+def _inverse_hessian_factor(H: torch.Tensor, damp_percent: float, label: str) -> Tuple[torch.Tensor, float]:
+    # With J the reversal permutation and J H J = L L^T (L lower), H^-1 = (J L^-T J)(J L^-1 J), and
+    # J L^-1 J is upper triangular with a positive diagonal: it is U. One Cholesky and one triangular
+    # inverse (K^3/6 + K^3/6 multiply-adds) where the textbook route (Cholesky, cholesky_inverse, Cholesky of
+    # the inverse) costs about K^3/6 + K^3/3 + K^3/6, and it never forms H^-1, whose rounding errors the
+    # second Cholesky would amplify.
+    columns = H.shape[0]
+    # |diag| so that an invalid Hessian with a negative mean diagonal still gets positive damping.
+    mean_diag = float(torch.diag(H).abs().mean()) or 1.0
+    reversed_h = H.flip((0, 1))
+    diagonal = torch.arange(columns, device=H.device)
+    damp = damp_percent
+    for step in range(MAX_DAMP_STEPS + 1):
+        damped = reversed_h.clone()
+        damped[diagonal, diagonal] += damp * mean_diag
+        L, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            U = invert_lower_triangular(L).flip((0, 1))
+            if _all_finite(U):
+                if step:
+                    warnings.warn(f"{label}: the Hessian is not positive definite with damp_percent="
+                                  f"{damp_percent:g}; used damp_percent={damp:g}", RuntimeWarning, stacklevel=3)
+                return U.contiguous(), damp
+        damp = max(damp * DAMP_GROWTH, 0.01) if damp > 0 else 0.01
+    # Unreachable for a finite Hessian; kept so that a pathological one degrades to round-to-nearest (an
+    # identity Hessian) instead of stopping a long model run.
+    warnings.warn(f"{label}: the Hessian stayed singular after {MAX_DAMP_STEPS} damping steps; quantizing "
+                  "this layer as round-to-nearest", RuntimeWarning, stacklevel=3)
+    return torch.eye(columns, device=H.device, dtype=H.dtype), math.inf
+
+
+# Below this size a triangular solve against the identity inverts fastest; above, splitting into halves
+# turns most of the work into two matrix products, which BLAS runs several times faster than a solve.
+_TRIANGULAR_LEAF = 256
+
+
+def invert_lower_triangular(L: torch.Tensor) -> torch.Tensor:
+    """L^-1 for lower-triangular L: [[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]], recursively."""
+    n = L.shape[0]
+    if n <= _TRIANGULAR_LEAF:
+        return torch.linalg.solve_triangular(L, torch.eye(n, device=L.device, dtype=L.dtype), upper=False)
+    h = n // 2
+    a_inv = invert_lower_triangular(L[:h, :h])
+    d_inv = invert_lower_triangular(L[h:, h:])
+    out = torch.zeros_like(L)
+    out[:h, :h] = a_inv
+    out[h:, h:] = d_inv
+    out[h:, :h] = -(d_inv @ L[h:, :h]) @ a_inv
+    return out
+
+
+def _gptq_block(W1, U1, bits, sym, group_size, column_offset, scale, zero, scale_dtype):
+    if ops.has_kernel(W1.device.type, "gptq_block"):
+        return ops.gptq_block(W1, U1, bits, sym, group_size, column_offset, scale, zero, scale_dtype)
+    return gptq_block_torch(W1, U1, bits, sym, group_size, column_offset, scale, zero, scale_dtype)
+
+
+def gptq_block_torch(W1: torch.Tensor, U1: torch.Tensor, bits: int, sym: bool, group_size: int,
+                     column_offset: int, scale: Optional[torch.Tensor] = None, zero: Optional[torch.Tensor] = None,
+                     scale_dtype: torch.dtype = torch.float16):
+    """The same contract as ops.gptq_block, one column at a time in PyTorch (for devices without the op)."""
+    W1 = W1.clone()
+    rows, width = W1.shape
+    fit = scale is None
+    q = torch.empty(rows, width, dtype=torch.int32, device=W1.device)
+    deq, err = torch.empty_like(W1), torch.empty_like(W1)
+    s_out = torch.empty_like(W1) if fit else scale.clone()
+    z_out = torch.empty_like(W1) if fit else zero.clone()
+    s = z = None
+    for j in range(width):
+        if fit:
+            if (column_offset + j) % group_size == 0:
+                s, z = fit_grid(W1[:, j:j + group_size], bits, sym, scale_dtype)
+            s_out[:, j], z_out[:, j] = s, z
+        w = W1[:, j:j + 1]
+        qj = quantize_to_grid(w, s_out[:, j], z_out[:, j], bits)
+        dq = dequantize_from_grid(qj, s_out[:, j], z_out[:, j])
+        e = (w - dq) / U1[j, j]
+        W1[:, j:] -= e * U1[j:j + 1, j:]
+        q[:, j], deq[:, j], err[:, j] = qj[:, 0].to(torch.int32), dq[:, 0], e[:, 0]
+    return q, deq, err, s_out, z_out
