@@ -1,6 +1,6 @@
 # make demo   quantize the default model, evaluate it, show the speed (sets everything up on first use)
 # make test   build the extension and run the test suite
-# make bench  CPU kernel benchmark
+# make bench  CPU kernel benchmark table
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CUDA kernels compile when torch is a CUDA build and nvcc is found; no GPU is needed for that.
@@ -28,7 +28,7 @@ test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: build
-	$(PY) benchmarks/bench_cpu.py
+	$(PY) -m gptq_kernels demo
 
 bench: build
 	$(PY) benchmarks/bench_cpu.py

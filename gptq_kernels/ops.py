@@ -120,3 +120,24 @@ if _IMPORT_ERROR is None:
         torch._check((scale is None) == (zero is None), lambda: "pass both scale and zero or neither")
         return (weight.new_empty(weight.shape, dtype=torch.int32), torch.empty_like(weight),
                 torch.empty_like(weight), torch.empty_like(weight), torch.empty_like(weight))
+
+    # Autograd for gemm: gradients flow to x and bias (the packed weight is integer, so it has none). This also
+    # makes the compiled kernel run below autograd, where its internal ATen calls record nothing.
+    def _gemm_setup_context(ctx, inputs, output):
+        x, qweight, qzeros, scales, g_idx, bias, bits, group_size = inputs
+        ctx.save_for_backward(qweight, qzeros, scales, g_idx)
+        ctx.bits, ctx.group_size = bits, group_size
+        ctx.x_dtype = x.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+
+    def _gemm_backward(ctx, grad):
+        qweight, qzeros, scales, g_idx = ctx.saved_tensors
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            w_t = torch.ops.gptq_kernels.dequantize(qweight, qzeros, scales, g_idx, ctx.bits, ctx.group_size)
+            grad_x = (grad.float() @ w_t.float().t()).to(ctx.x_dtype)
+        if ctx.needs_input_grad[5]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).float().sum(0).to(ctx.bias_dtype)
+        return grad_x, None, None, None, None, grad_bias, None, None
+
+    torch.library.register_autograd("gptq_kernels::gemm", _gemm_backward, setup_context=_gemm_setup_context)

@@ -164,3 +164,18 @@ def test_forward_rejects_wrong_features():
 def test_public_api():
     assert gptq_kernels.QuantLinear is QuantLinear
     assert gptq_kernels.ops.compiled_available()
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gradients_flow_to_inputs_and_bias(act_order):
+    layer, state, w_t = loaded_layer(320, 64, 3, 64, act_order=act_order, dtype=torch.float32)
+    layer.bias.requires_grad_(True)
+    x = torch.randn(2, 5, 320, requires_grad=True)
+    y = layer(x)
+    grad_out = torch.randn_like(y)
+    y.backward(grad_out)
+    x64 = x.detach().double().requires_grad_(True)
+    b64 = state["bias"].double().requires_grad_(True)
+    (x64 @ w_t + b64).backward(grad_out.double())
+    assert relative_error(x.grad, x64.grad) < 1e-5
+    assert relative_error(layer.bias.grad, b64.grad) < 1e-5

@@ -38,6 +38,9 @@ struct ValueSlot {
 // Accumulator sets per row: with a single row, the only independent FMA chains are the tile's vectors
 // (4 with AVX2), fewer than FMA latency x throughput (4 cycles x 2 per cycle), so even and odd values of a
 // block add into separate sets that are summed at the end.
+// Tiles ahead of the current one whose packed words are prefetched (128 bytes of each row per tile).
+constexpr int64_t kPrefetchTiles = 4;
+
 template <int ROWS>
 constexpr int kAccumulatorSets = ROWS == 1 ? 2 : 1;
 
@@ -49,9 +52,10 @@ GPTQ_ALWAYS_INLINE void accumulate_value(
   constexpr int kSet = (J % kAccumulatorSets<ROWS>) * ROWS;
   using Slot = ValueSlot<BITS, J>;
   constexpr int kVectors = kTileColumns / Vec::kLanes;
-  if constexpr (J > 0 && Slot::word != core::word_of(J - 1, BITS)) {
+  if constexpr (BITS != 3 && J > 0 && Slot::word != core::word_of(J - 1, BITS)) {
     // Entering a new word: stop the compiler from hoisting the loads of later words, whose registers
-    // would push the accumulators out to the stack.
+    // would push the accumulators out to the stack. (Not for 3 bits: its straddling values already read
+    // the next word, and the barrier would force that load again; measured slower.)
     asm volatile("" ::: "memory");
   }
   typename Vec::F xv[ROWS];
@@ -149,8 +153,19 @@ void gemv_tiles(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
   alignas(64) float scale[kTileColumns];
   alignas(64) float scaled_zero[kTileColumns];
   for (int64_t s = 0; s < p.num_segments; ++s) {
+    const int64_t segment_rows = (p.segment_begin[s + 1] - p.segment_begin[s]) * BITS;
+    const uint32_t* segment_words = p.qweight + p.segment_begin[s] * BITS * p.n;
     for (int64_t t = tile_begin; t < tile_end; ++t) {
       const int64_t n0 = t * kTileColumns;
+      if (t + kPrefetchTiles < tile_end) {
+        // Each packed row of the segment is its own stream through memory; with a dozen or more of them the
+        // hardware prefetchers fall behind, so ask for the tile kPrefetchTiles ahead explicitly.
+        const uint32_t* ahead = segment_words + (t + kPrefetchTiles) * kTileColumns;
+        for (int64_t r = 0; r < segment_rows; ++r) {
+          __builtin_prefetch(ahead + r * p.n);
+          __builtin_prefetch(ahead + r * p.n + 16);
+        }
+      }
       load_group<Vec, BITS>(p, p.segment_group[s], n0, scale, scaled_zero);
       for (int64_t m0 = 0; m0 < p.m; m0 += Vec::kMaxRows) {
         segment_tile_rows<Vec, BITS>(p, p.m - m0, s, n0, m0, scale, scaled_zero);
