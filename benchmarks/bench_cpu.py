@@ -91,8 +91,10 @@ def main():
         sys.exit("the compiled CPU kernels are not available: build with `make build`")
 
     header = machine_header(torch.get_num_threads())
+    header["command"] = "python " + " ".join(sys.argv)
     print(f"gptq_kernels {gptq_kernels.__version__} CPU benchmark | {header['cpu']} | commit {header['commit']} | "
           f"{header['date']} | torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})")
+    print(f"command: {header['command']}")
     print(f"group_size={args.group_size}; medians of {args.rounds} interleaved rounds; speedup vs F.linear fp32; "
           "GB/s = weight bytes read per second")
     rows = []

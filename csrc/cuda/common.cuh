@@ -27,6 +27,27 @@ __device__ __forceinline__ float load_float(const void* p, int64_t i, FloatType 
 // Activation types the fused kernels are built for; fp32 activations take the dequantize + cuBLAS path.
 enum class ActType : int { kHalf, kBFloat16 };
 
+// Arguments of both fused kernels (gemv_kernel.cuh, gemm_mma_kernel.cuh), filled once in gemm.cu.
+struct FusedGemmParams {
+  const void* x;             // [m, k] of the activation type, rows ldx apart, unit stride along k
+                             // (the tensor-core kernel also needs ldx a multiple of 8)
+  int64_t ldx;
+  const uint32_t* qweight;   // [k * bits / 32, n], 16-byte aligned
+  const uint32_t* qzeros;    // [groups, n * bits / 32]
+  const void* scales;        // [groups, n] of scale_type
+  FloatType scale_type;
+  const int32_t* g_idx;      // [k] or nullptr (then g = k / group_size)
+  int group_size;            // -1: one group
+  int groups;
+  int m, k, n;
+  int blocks_per_cta;        // 32-row blocks of K per CTA (grid.z = ceil(k / 32 / blocks_per_cta));
+                             // the tensor-core kernel needs whole K tiles (an even count)
+  void* y;                   // [m, n] of the activation type; written when gridDim.z == 1
+  const void* bias;          // [n] of bias_type or nullptr; added when gridDim.z == 1
+  FloatType bias_type;
+  float* workspace;          // [gridDim.z, m, n] fp32 partial sums; written when gridDim.z > 1
+};
+
 template <typename T>
 struct FloatConvert;
 template <>

@@ -110,7 +110,7 @@ bool mma_enabled() {
   return enabled;
 }
 
-void launch_gemv_bits(int64_t bits, const GemvParams& p, ActType type, int rows_per_cta, dim3 grid,
+void launch_gemv_bits(int64_t bits, const FusedGemmParams& p, ActType type, int rows_per_cta, dim3 grid,
                       cudaStream_t stream) {
   switch (bits) {
     case 2: launch_gemv<2>(p, type, rows_per_cta, grid, stream); break;
@@ -120,7 +120,7 @@ void launch_gemv_bits(int64_t bits, const GemvParams& p, ActType type, int rows_
   }
 }
 
-cudaError_t launch_mma_bits(int64_t bits, const MmaParams& p, ActType type, int mt, dim3 grid, cudaStream_t stream) {
+cudaError_t launch_mma_bits(int64_t bits, const FusedGemmParams& p, ActType type, int mt, dim3 grid, cudaStream_t stream) {
   switch (bits) {
     case 2: return launch_mma<2>(p, type, mt, grid, stream);
     case 3: return launch_mma<3>(p, type, mt, grid, stream);
@@ -129,21 +129,14 @@ cudaError_t launch_mma_bits(int64_t bits, const MmaParams& p, ActType type, int 
   }
 }
 
-// The GEMV path; x2 is [M, K] with unit stride along K, y is [M, N] contiguous.
-void fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x2, const at::Tensor& qweight,
-                const at::Tensor& qzeros, const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
-                const c10::optional<at::Tensor>& bias, at::Tensor& y) {
+// The arguments of either fused kernel; allocates the split-K workspace into `workspace` when K is split.
+FusedGemmParams fused_params(const core::QuantGeometry& geo, const at::Tensor& x2, const at::Tensor& qweight,
+                             const at::Tensor& qzeros, const at::Tensor& scales,
+                             const c10::optional<at::Tensor>& g_idx, const c10::optional<at::Tensor>& bias,
+                             const SplitK& split, at::Tensor& workspace, at::Tensor& y) {
   const int64_t m = x2.size(0);
-  const int rows_per_cta = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : kGemvMaxRowsPerCta;
-  const int64_t row_tiles = (m + rows_per_cta - 1) / rows_per_cta;
-  const int64_t col_tiles = (geo.n + kGemvColumns - 1) / kGemvColumns;
-  const int64_t sms = device_info(qweight.device().index()).multiprocessors;
-  const SplitK split = choose_split_k(row_tiles * col_tiles, geo.k / core::kBlockValues, m, geo.n, sms,
-                                      kGemvCtasPerSm, kGemvMinBlocksPerCta, 1);
-  at::Tensor workspace;
   if (split.splits > 1) workspace = at::empty({split.splits, m, geo.n}, x2.options().dtype(at::kFloat));
-
-  GemvParams p{};
+  FusedGemmParams p{};
   p.x = x2.data_ptr();
   p.ldx = x2.stride(0);
   p.qweight = reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>());
@@ -161,6 +154,22 @@ void fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x2, const at::
   p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
   p.bias_type = bias.has_value() ? float_type_of(bias->scalar_type()) : FloatType::kFloat;
   p.workspace = split.splits > 1 ? workspace.data_ptr<float>() : nullptr;
+  return p;
+}
+
+// The GEMV path; x2 is [M, K] with unit stride along K, y is [M, N] contiguous.
+void fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x2, const at::Tensor& qweight,
+                const at::Tensor& qzeros, const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
+                const c10::optional<at::Tensor>& bias, at::Tensor& y) {
+  const int64_t m = x2.size(0);
+  const int rows_per_cta = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : kGemvMaxRowsPerCta;
+  const int64_t row_tiles = (m + rows_per_cta - 1) / rows_per_cta;
+  const int64_t col_tiles = (geo.n + kGemvColumns - 1) / kGemvColumns;
+  const int64_t sms = device_info(qweight.device().index()).multiprocessors;
+  const SplitK split = choose_split_k(row_tiles * col_tiles, geo.k / core::kBlockValues, m, geo.n, sms,
+                                      kGemvCtasPerSm, kGemvMinBlocksPerCta, 1);
+  at::Tensor workspace;
+  const FusedGemmParams p = fused_params(geo, x2, qweight, qzeros, scales, g_idx, bias, split, workspace, y);
 
   const ActType type = act_type_of(x2);
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles),
@@ -183,26 +192,7 @@ void fused_mma(const core::QuantGeometry& geo, const at::Tensor& x2, const at::T
   const SplitK split = choose_split_k(row_tiles * col_tiles, geo.k / core::kBlockValues, m, geo.n, sms,
                                       kMmaCtasPerSm, kMmaMinBlocksPerCta, kMmaTileBlocks);
   at::Tensor workspace;
-  if (split.splits > 1) workspace = at::empty({split.splits, m, geo.n}, x2.options().dtype(at::kFloat));
-
-  MmaParams p{};
-  p.x = x2.data_ptr();
-  p.ldx = x2.stride(0);
-  p.qweight = reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>());
-  p.qzeros = reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>());
-  p.scales = scales.data_ptr();
-  p.scale_type = float_type_of(scales.scalar_type());
-  p.g_idx = g_idx.has_value() ? g_idx->data_ptr<int32_t>() : nullptr;
-  p.group_size = kernel_group_size(geo);
-  p.groups = static_cast<int>(geo.groups);
-  p.m = static_cast<int>(m);
-  p.k = static_cast<int>(geo.k);
-  p.n = static_cast<int>(geo.n);
-  p.blocks_per_cta = static_cast<int>(split.blocks_per_cta);
-  p.y = y.data_ptr();
-  p.bias = bias.has_value() ? bias->data_ptr() : nullptr;
-  p.bias_type = bias.has_value() ? float_type_of(bias->scalar_type()) : FloatType::kFloat;
-  p.workspace = split.splits > 1 ? workspace.data_ptr<float>() : nullptr;
+  const FusedGemmParams p = fused_params(geo, x2, qweight, qzeros, scales, g_idx, bias, split, workspace, y);
 
   const ActType type = act_type_of(x2);
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles),

@@ -31,24 +31,6 @@ constexpr int kMmaStages = 4;                           // K tiles in shared mem
 constexpr int kMmaPad = 8;                              // 16 bytes of padding per row: conflict-free fragment reads
 constexpr int kMmaRowStride = kMmaTileK + kMmaPad;      // 72 elements = 144 bytes per smem row of x or W^T
 
-struct MmaParams {
-  const void* x;             // [m, k] of the activation type, rows ldx apart (ldx a multiple of 8)
-  int64_t ldx;
-  const uint32_t* qweight;   // [k * bits / 32, n]
-  const uint32_t* qzeros;    // [groups, n * bits / 32]
-  const void* scales;        // [groups, n] of scale_type
-  FloatType scale_type;
-  const int32_t* g_idx;      // [k] or nullptr
-  int group_size;
-  int groups;
-  int m, k, n;
-  int blocks_per_cta;        // even: whole K tiles per split
-  void* y;                   // [m, n]; written when gridDim.z == 1
-  const void* bias;
-  FloatType bias_type;
-  float* workspace;          // [gridDim.z, m, n]; written when gridDim.z > 1
-};
-
 // Dynamic shared memory of one CTA: kMmaStages x (x tile + packed tile) + the dequantized W^T tile.
 constexpr size_t mma_smem_bytes(int bits, int mt) {
   return kMmaStages * (static_cast<size_t>(16 * mt) * kMmaRowStride * 2 +
@@ -60,7 +42,7 @@ constexpr size_t mma_smem_bytes(int bits, int mt) {
 // in gemm_mma_<bits>bit.cu. Returns the error of raising the kernel's shared-memory limit, if any; the caller
 // checks the launch itself (C10_CUDA_KERNEL_LAUNCH_CHECK).
 template <int BITS>
-cudaError_t launch_mma(const MmaParams& p, ActType type, int mt, dim3 grid, cudaStream_t stream);
+cudaError_t launch_mma(const FusedGemmParams& p, ActType type, int mt, dim3 grid, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace gptq_kernels

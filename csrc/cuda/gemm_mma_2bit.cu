@@ -3,6 +3,6 @@
 
 namespace gptq_kernels {
 namespace cuda {
-template cudaError_t launch_mma<2>(const MmaParams&, ActType, int, dim3, cudaStream_t);
+template cudaError_t launch_mma<2>(const FusedGemmParams&, ActType, int, dim3, cudaStream_t);
 }  // namespace cuda
 }  // namespace gptq_kernels

@@ -66,7 +66,7 @@ struct MmaOps<__nv_bfloat16> {
 };
 
 template <typename T, int BITS, int MT>
-__global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const MmaParams p) {
+__global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const FusedGemmParams p) {
   constexpr int BM = 16 * MT;
   constexpr int kPackedRows = kMmaTileBlocks * BITS;          // packed words per column per K tile
   constexpr int kXStageElems = BM * kMmaRowStride;             // x tile [BM][72]
@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const MmaParams p
 }
 
 template <typename T, int BITS, int MT>
-cudaError_t launch_mma_typed(const MmaParams& p, dim3 grid, cudaStream_t stream) {
+cudaError_t launch_mma_typed(const FusedGemmParams& p, dim3 grid, cudaStream_t stream) {
   constexpr size_t smem = mma_smem_bytes(BITS, MT);
   auto kernel = gemm_mma_kernel<T, BITS, MT>;
   // Above 48 KB of dynamic shared memory a kernel must opt in (a host-side attribute, no synchronisation).
@@ -260,7 +260,7 @@ cudaError_t launch_mma_typed(const MmaParams& p, dim3 grid, cudaStream_t stream)
 }
 
 template <int BITS>
-cudaError_t launch_mma(const MmaParams& p, ActType type, int mt, dim3 grid, cudaStream_t stream) {
+cudaError_t launch_mma(const FusedGemmParams& p, ActType type, int mt, dim3 grid, cudaStream_t stream) {
   if (type == ActType::kHalf) {
     switch (mt) {
       case 1: return launch_mma_typed<__half, BITS, 1>(p, grid, stream);

@@ -41,29 +41,11 @@ constexpr int blocks_in_flight() {
   return BITS == 2 ? 4 : (BITS == 8 ? 1 : 2);
 }
 
-struct GemvParams {
-  const void* x;             // [m, k] of the activation type, rows ldx apart, unit stride along k
-  int64_t ldx;
-  const uint32_t* qweight;   // [k * bits / 32, n], 16-byte aligned
-  const uint32_t* qzeros;    // [groups, n * bits / 32]
-  const void* scales;        // [groups, n] of scale_type
-  FloatType scale_type;
-  const int32_t* g_idx;      // [k] or nullptr (then g = k / group_size)
-  int group_size;            // -1: one group
-  int groups;
-  int m, k, n;
-  int blocks_per_cta;        // 32-row blocks of K per CTA (grid.z = ceil(k / 32 / blocks_per_cta))
-  void* y;                   // [m, n] of the activation type; written when gridDim.z == 1
-  const void* bias;          // [n] of bias_type or nullptr; added when gridDim.z == 1
-  FloatType bias_type;
-  float* workspace;          // [gridDim.z, m, n] fp32 partial sums; written when gridDim.z > 1
-};
-
 // Launches gemv_kernel<T, BITS, rows_per_cta> (csrc/cuda/gemv_kernel.cuh) on `grid` x kGemvThreads threads.
 // rows_per_cta is 1, 2, 4 or 8. Instantiated in gemv_<bits>bit.cu, one file per bit width so the 8 kernels of
 // each compile in parallel with the others. The caller checks the launch (C10_CUDA_KERNEL_LAUNCH_CHECK).
 template <int BITS>
-void launch_gemv(const GemvParams& p, ActType type, int rows_per_cta, dim3 grid, cudaStream_t stream);
+void launch_gemv(const FusedGemmParams& p, ActType type, int rows_per_cta, dim3 grid, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace gptq_kernels

@@ -3,6 +3,6 @@
 
 namespace gptq_kernels {
 namespace cuda {
-template void launch_gemv<3>(const GemvParams&, ActType, int, dim3, cudaStream_t);
+template void launch_gemv<3>(const FusedGemmParams&, ActType, int, dim3, cudaStream_t);
 }  // namespace cuda
 }  // namespace gptq_kernels

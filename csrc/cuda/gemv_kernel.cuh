@@ -7,7 +7,7 @@ namespace gptq_kernels {
 namespace cuda {
 
 template <typename T, int BITS, int ROWS>
-__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) {
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParams p) {
   static_assert(ROWS >= 1 && ROWS <= kGemvMaxRowsPerCta, "ROWS out of range");
   constexpr int kInFlight = blocks_in_flight<BITS>();
   static_assert(kBlocksPerWarpStage % kInFlight == 0, "a stage must hold whole load batches");
@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvParams p) 
 }
 
 template <typename T, int BITS>
-void launch_gemv_typed(const GemvParams& p, int rows_per_cta, dim3 grid, cudaStream_t stream) {
+void launch_gemv_typed(const FusedGemmParams& p, int rows_per_cta, dim3 grid, cudaStream_t stream) {
   const dim3 block(kGemvThreads);
   switch (rows_per_cta) {
     case 1: gemv_kernel<T, BITS, 1><<<grid, block, 0, stream>>>(p); break;
@@ -182,7 +182,7 @@ void launch_gemv_typed(const GemvParams& p, int rows_per_cta, dim3 grid, cudaStr
 }
 
 template <int BITS>
-void launch_gemv(const GemvParams& p, ActType type, int rows_per_cta, dim3 grid, cudaStream_t stream) {
+void launch_gemv(const FusedGemmParams& p, ActType type, int rows_per_cta, dim3 grid, cudaStream_t stream) {
   if (type == ActType::kHalf) {
     launch_gemv_typed<__half, BITS>(p, rows_per_cta, grid, stream);
   } else {
