@@ -94,6 +94,29 @@ void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const Qua
   check_same_device(op, "bias", b, qweight);
 }
 
+namespace {
+
+void check_int32_matrix(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
+}
+
+}  // namespace
+
+void check_pack_values(const char* op, const at::Tensor& values, int64_t bits) {
+  check_bits(op, bits);
+  check_int32_matrix(op, "values", values);
+  TORCH_CHECK(values.size(0) % kBlockValues == 0, op, ": values.size(0) = ", values.size(0),
+              " must be a multiple of 32");
+}
+
+void check_packed(const char* op, const at::Tensor& packed, int64_t bits) {
+  check_bits(op, bits);
+  check_int32_matrix(op, "packed", packed);
+  TORCH_CHECK(packed.size(0) % bits == 0, op, ": packed.size(0) = ", packed.size(0),
+              " must be a multiple of bits = ", bits, " (32 values fill `bits` words)");
+}
+
 void check_group_index_values(const char* op, const at::Tensor& g_idx, int64_t groups) {
   const int32_t* g = g_idx.data_ptr<int32_t>();
   for (int64_t i = 0; i < g_idx.numel(); ++i) {

@@ -31,6 +31,11 @@ void check_activations(const char* op, const at::Tensor& x, const QuantGeometry&
 void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const QuantGeometry& geometry,
                 const at::Tensor& qweight);
 
+// pack's values: int32 [K, N] with K a multiple of 32; unpack's input: int32 [K*bits/32, N]. Both also check
+// bits. They do not read values (the CPU pack range-checks them itself).
+void check_pack_values(const char* op, const at::Tensor& values, int64_t bits);
+void check_packed(const char* op, const at::Tensor& packed, int64_t bits);
+
 // Reads g_idx and checks every entry is a valid group index. Host memory only (CPU ops).
 void check_group_index_values(const char* op, const at::Tensor& g_idx, int64_t groups);
 

@@ -16,18 +16,10 @@ namespace {
 // Blocks of 32 rows are independent, so every op parallelises over blocks (pack/unpack) or columns.
 constexpr int64_t kGrainBlocks = 16;
 
-void check_int32_matrix(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be on the CPU here, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
-}
-
 at::Tensor pack_cpu(const at::Tensor& values, int64_t bits) {
   constexpr const char* op = "gptq_kernels.pack";
-  core::check_bits(op, bits);
-  check_int32_matrix(op, "values", values);
+  core::check_pack_values(op, values, bits);
   const int64_t k = values.size(0), n = values.size(1);
-  TORCH_CHECK(k % core::kBlockValues == 0, op, ": values.size(0) = ", k, " must be a multiple of 32");
   const at::Tensor v = values.contiguous();
   const int32_t* src = v.data_ptr<int32_t>();
   const int32_t limit = 1 << bits;
@@ -53,11 +45,8 @@ at::Tensor pack_cpu(const at::Tensor& values, int64_t bits) {
 
 at::Tensor unpack_cpu(const at::Tensor& packed, int64_t bits) {
   constexpr const char* op = "gptq_kernels.unpack";
-  core::check_bits(op, bits);
-  check_int32_matrix(op, "packed", packed);
+  core::check_packed(op, packed, bits);
   const int64_t rows = packed.size(0), n = packed.size(1);
-  TORCH_CHECK(rows % bits == 0, op, ": packed.size(0) = ", rows, " must be a multiple of bits = ", bits,
-              " (32 values fill `bits` words)");
   const at::Tensor p = packed.contiguous();
   const auto* src = reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>());
   at::Tensor values = at::empty({rows / bits * 32, n}, packed.options());

@@ -15,20 +15,12 @@ namespace gptq_kernels {
 namespace cuda {
 namespace {
 
-void check_int32_matrix(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be on a CUDA device here, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
-}
-
 // Unlike the CPU op, values outside [0, 2^bits) are not reported (that would need them on the host): only their
 // low `bits` bits are stored.
 at::Tensor pack_cuda(const at::Tensor& values, int64_t bits) {
   constexpr const char* op = "gptq_kernels.pack";
-  core::check_bits(op, bits);
-  check_int32_matrix(op, "values", values);
+  core::check_pack_values(op, values, bits);
   const int64_t k = values.size(0), n = values.size(1);
-  TORCH_CHECK(k % core::kBlockValues == 0, op, ": values.size(0) = ", k, " must be a multiple of 32");
   const c10::cuda::CUDAGuard guard(values.device());
   const at::Tensor v = values.contiguous();
   at::Tensor packed = at::empty({k / 32 * bits, n}, v.options());
@@ -41,11 +33,8 @@ at::Tensor pack_cuda(const at::Tensor& values, int64_t bits) {
 
 at::Tensor unpack_cuda(const at::Tensor& packed, int64_t bits) {
   constexpr const char* op = "gptq_kernels.unpack";
-  core::check_bits(op, bits);
-  check_int32_matrix(op, "packed", packed);
+  core::check_packed(op, packed, bits);
   const int64_t rows = packed.size(0), n = packed.size(1);
-  TORCH_CHECK(rows % bits == 0, op, ": packed.size(0) = ", rows, " must be a multiple of bits = ", bits,
-              " (32 values fill `bits` words)");
   const c10::cuda::CUDAGuard guard(packed.device());
   const at::Tensor p = packed.contiguous();
   const int64_t k = rows / bits * 32;
