@@ -11,6 +11,20 @@ from .format import check_bits, check_features, check_group_size, default_g_idx,
 from .grid import fit_grid, quantize_to_grid
 
 
+def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """reference.pack_rows, by the compiled kernel where the values' device has one."""
+    if ops.has_kernel(values.device.type, "pack"):
+        return ops.pack(values, bits)
+    return reference.pack_rows(values, bits)
+
+
+def unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """reference.unpack_rows, by the compiled kernel where the device has one."""
+    if ops.has_kernel(packed.device.type, "unpack"):
+        return ops.unpack(packed, bits)
+    return reference.unpack_rows(packed, bits)
+
+
 @dataclass
 class QuantizedWeight:
     """Packed tensors of one linear layer (see gptq_kernels.format for the layout)."""
@@ -36,10 +50,8 @@ class QuantizedWeight:
                       bits: int, group_size: int, sym: bool = True,
                       scale_dtype: torch.dtype = torch.float16) -> "QuantizedWeight":
         """Packs integers q [N, K], per-group scale and zero [N, G] and g_idx [K] into the GPTQ layout."""
-        values = q.t().to(torch.int32).contiguous()
-        pack = ops.pack if ops.has_kernel(values.device.type, "pack") else reference.pack_rows
         return cls(
-            qweight=pack(values, bits),
+            qweight=pack_rows(q.t().to(torch.int32).contiguous(), bits),
             qzeros=reference.pack_zeros(zero.t().round().to(torch.int32), bits),
             scales=scale.t().to(scale_dtype).contiguous(),
             g_idx=g_idx.to(torch.int32).contiguous(),
