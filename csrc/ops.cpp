@@ -5,7 +5,8 @@
 // Layout (see csrc/core/bitpack.h and README "Checkpoint layout"): for a weight W of shape [N, K]
 // (nn.Linear convention), qweight is int32 [K*bits/32, N], qzeros int32 [G, N*bits/32] holding zero-1,
 // scales [G, N], g_idx int32 [K] mapping input channel -> group, G = ceil(K / group_size).
-// Dequantized: W^T[k, n] = scales[g, n] * (q[k, n] - (stored_zero[g, n] + 1)), g = g_idx[k] or k / group_size.
+// Dequantized: W^T[k, n] = scales[g, n] * (q[k, n] - zero[g, n]) with zero = (stored_zero + 1) mod 2^bits,
+// g = g_idx[k] or k / group_size.
 #include <Python.h>
 #include <torch/library.h>
 

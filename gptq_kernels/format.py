@@ -14,7 +14,9 @@ bias       [N] float16            optional
 =========  =====================  ========================================================================
 
 and ``W[n, k] = scales[g, n] * (q[k, n] - zero[g, n])`` with ``g = g_idx[k]``. Storing zero-1 is the
-ecosystem's historical ("v1") convention; GPTQModel's "gptq_v2" stores the zero itself.
+ecosystem's historical ("v1") convention; GPTQModel's "gptq_v2" stores the zero itself. A zero point of 0
+is stored as GPTQModel stores it (see reference.zeros_from_checkpoint): at 2, 4 and 8 bits the ones are
+subtracted from whole words, so it borrows from the next field; at 3 bits it wraps to 7.
 """
 from __future__ import annotations
 

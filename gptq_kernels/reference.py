@@ -57,16 +57,51 @@ def unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def pack_zeros(zeros: torch.Tensor, bits: int) -> torch.Tensor:
-    """Zero points [G, N] (the real zeros, >= 1) -> qzeros int32 [G, N*bits/32] storing zero-1 (format "gptq")."""
-    stored = zeros.to(torch.int64) - 1
-    if stored.numel() and stored.min() < 0:
-        raise ValueError("pack_zeros: a zero point of 0 cannot be stored in the GPTQ v1 layout (it stores zero-1)")
-    return pack_rows(stored.t(), bits).t().contiguous()
+    """Zero points [G, N] in [0, 2^bits) -> qzeros int32 [G, N*bits/32] in the "gptq" (v1) convention."""
+    zeros = zeros.to(torch.int64)
+    if zeros.numel() and (zeros.min() < 0 or zeros.max() >= (1 << bits)):
+        raise ValueError(f"pack_zeros: zero points must lie in [0, {1 << bits}) for {bits}-bit packing")
+    return zeros_to_checkpoint(zeros, bits, "gptq")
 
 
 def unpack_zeros(qzeros: torch.Tensor, bits: int) -> torch.Tensor:
-    """qzeros int32 [G, N*bits/32] -> the real zero points int32 [G, N] (stored value + 1)."""
-    return unpack_rows(qzeros.t(), bits).t().contiguous() + 1
+    """qzeros int32 [G, N*bits/32] in the "gptq" (v1) convention -> the zero points int32 [G, N]."""
+    return zeros_from_checkpoint(qzeros, bits, "gptq")
+
+
+def _ones_per_field(bits: int) -> int:
+    """The 32-bit word with a 1 in every bits-wide field (bits dividing 32)."""
+    return sum(1 << (bits * j) for j in range(32 // bits))
+
+
+def zeros_from_checkpoint(qzeros: torch.Tensor, bits: int, checkpoint_format: str = "gptq") -> torch.Tensor:
+    """A checkpoint's qzeros -> zero points int32 [G, N], read the way GPTQModel reads them.
+
+    "gptq_v2" stores the zero points themselves. "gptq" (v1) stores zero-1: for 2, 4 and 8 bits GPTQModel
+    subtracts the ones from whole 32-bit words, so a zero point of 0 borrows from its neighbour, and reading
+    adds them back word by word; for 3 bits (values cross words) it works value by value modulo 2^bits.
+    Both readings agree with plain "stored + 1" whenever no zero point is 0.
+    """
+    if checkpoint_format == "gptq_v2":
+        return unpack_rows(qzeros.t(), bits).t().contiguous()
+    if checkpoint_format != "gptq":
+        raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
+    if bits == 3:
+        return ((unpack_rows(qzeros.t(), bits).t() + 1) % (1 << bits)).contiguous()
+    words = ((qzeros.to(torch.int64) & (_WORD - 1)) + _ones_per_field(bits)) & (_WORD - 1)
+    return unpack_rows(_to_int32_words(words).t(), bits).t().contiguous()
+
+
+def zeros_to_checkpoint(zeros: torch.Tensor, bits: int, checkpoint_format: str = "gptq") -> torch.Tensor:
+    """Zero points [G, N] -> a checkpoint's qzeros: the inverse of zeros_from_checkpoint."""
+    if checkpoint_format == "gptq_v2":
+        return pack_rows(zeros.t(), bits).t().contiguous()
+    if checkpoint_format != "gptq":
+        raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
+    if bits == 3:
+        return pack_rows(((zeros.to(torch.int64) - 1) % (1 << bits)).t(), bits).t().contiguous()
+    words = ((pack_rows(zeros.t(), bits).t().to(torch.int64) & (_WORD - 1)) - _ones_per_field(bits)) & (_WORD - 1)
+    return _to_int32_words(words).contiguous()
 
 
 def dequantize(

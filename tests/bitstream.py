@@ -22,6 +22,17 @@ def unpack_bitstream(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.from_numpy(values.T.astype(np.int32).copy())
 
 
+def pack_zeros_v1(zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Zero points [G, N] -> qzeros as GPTQModel writes format "gptq" (v1): for 2/4/8 bits the packed zero
+    points minus one in every field, subtracted from whole uint32 words (a zero of 0 borrows from the next
+    field); for 3 bits every stored value is (zero - 1) mod 8."""
+    if bits == 3:
+        return pack_bitstream(((zero - 1) % 8).t().contiguous(), 3).t().contiguous()
+    words = pack_bitstream(zero.t().contiguous(), bits).t().contiguous().numpy().view(np.uint32)
+    ones = np.uint32(int("".join(["0" * (bits - 1) + "1"] * (32 // bits)), 2))
+    return torch.from_numpy((words - ones).view(np.int32).copy())  # uint32 arithmetic wraps
+
+
 def random_layer(k: int, n: int, bits: int, group_size: int, act_order: bool = False, sym: bool = False,
                  scale_dtype=torch.float16):
     """Random integers, scales, zeros and g_idx of a layer, packed with the independent packer.
@@ -33,14 +44,15 @@ def random_layer(k: int, n: int, bits: int, group_size: int, act_order: bool = F
     if sym:
         zero = torch.full((groups, n), 1 << (bits - 1), dtype=torch.int32)
     else:
-        zero = torch.randint(1, 1 << bits, (groups, n), dtype=torch.int32)  # the v1 layout stores zero-1 >= 0
+        zero = torch.randint(0, 1 << bits, (groups, n), dtype=torch.int32)
+        zero[:, ::7] = 0  # zero points of 0 make the v1 layout borrow across fields: cover them at every width
     scale = (torch.rand(groups, n, dtype=torch.float64) * 0.02 + 0.001).to(scale_dtype)
     g_idx = torch.arange(k, dtype=torch.int32) // group_size if group_size != -1 else torch.zeros(k, dtype=torch.int32)
     if act_order:
         g_idx = g_idx[torch.randperm(k)]
     tensors = {
         "qweight": pack_bitstream(q, bits),
-        "qzeros": pack_bitstream((zero - 1).t().contiguous(), bits).t().contiguous(),
+        "qzeros": pack_zeros_v1(zero, bits),
         "scales": scale,
         "g_idx": g_idx,
     }

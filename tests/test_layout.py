@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bitstream import pack_bitstream, unpack_bitstream
+from bitstream import pack_bitstream, pack_zeros_v1, unpack_bitstream
 from gptq_kernels import format, ops, reference
 
 BITS = [2, 3, 4, 8]
@@ -39,8 +39,26 @@ def test_zeros_store_zero_minus_one():
     assert qzeros.shape == (5, 64 * 4 // 32)
     assert torch.equal(qzeros, pack_bitstream((zeros - 1).t().contiguous(), 4).t())
     assert torch.equal(reference.unpack_zeros(qzeros, 4), zeros)
-    with pytest.raises(ValueError, match="zero point of 0"):
-        reference.pack_zeros(torch.zeros(1, 32, dtype=torch.int32), 4)
+
+
+def test_zero_point_zero_borrows_like_gptqmodel():
+    # Zero points 0 and 5 then six 1s in one 4-bit word: 0x11111150 - 0x11111111 = 0x3F, so the stored field
+    # after the 0 is 3 (borrowed), not 4.
+    zeros = torch.tensor([0, 5, 1, 1, 1, 1, 1, 1] * 4, dtype=torch.int32).reshape(1, 32)
+    qzeros = reference.pack_zeros(zeros, 4)
+    assert qzeros.numpy().view("uint32")[0, 0] == 0x3F
+    assert torch.equal(reference.unpack_zeros(qzeros, 4), zeros)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("checkpoint_format", ["gptq", "gptq_v2"])
+def test_checkpoint_zeros_against_independent_writer(bits, checkpoint_format):
+    zeros = torch.randint(0, 1 << bits, (3, 96), dtype=torch.int32)
+    zeros[:, ::5] = 0
+    written = (pack_zeros_v1(zeros, bits) if checkpoint_format == "gptq"
+               else pack_bitstream(zeros.t().contiguous(), bits).t().contiguous())
+    assert torch.equal(reference.zeros_to_checkpoint(zeros, bits, checkpoint_format), written)
+    assert torch.equal(reference.zeros_from_checkpoint(written, bits, checkpoint_format), zeros)
 
 
 @pytest.mark.parametrize("bits", [0, 1, 5, 16])

@@ -77,8 +77,20 @@ GPTQ_HD constexpr int64_t group_of(int64_t k_index, int64_t group_size) {
   return group_size == -1 ? 0 : k_index / group_size;
 }
 
-// Checkpoints store zero-1 (the AutoGPTQ "v1" convention); kernels add the 1 back.
-GPTQ_HD uint32_t stored_zero_to_zero(uint32_t stored) { return stored + 1; }
+// Zero point of column n of one qzeros row (the row of one group, packed along N). Checkpoints store zero-1
+// (the AutoGPTQ "v1" convention) the way GPTQModel writes it: for 2, 4 and 8 bits the ones are subtracted
+// from whole 32-bit words, so a zero point of 0 borrows from the next field, and adding them back word by
+// word undoes that exactly; 3-bit values cross words and are stored value by value, modulo 2^3. Both agree
+// with "stored + 1" whenever no zero point is 0. gptq_kernels/reference.py's zeros_from_checkpoint mirrors this.
+GPTQ_HD constexpr uint32_t ones_per_field(int bits) {
+  return bits == 2 ? 0x55555555u : bits == 4 ? 0x11111111u : bits == 8 ? 0x01010101u : 0u;
+}
+GPTQ_HD uint32_t zero_point(const uint32_t* row, int64_t n, int bits) {
+  if (bits == 3) return (extract_at(row, 1, n, bits) + 1u) & value_mask(bits);
+  const int64_t per_word = 32 / bits;
+  const uint32_t word = row[n / per_word] + ones_per_field(bits);  // wraps modulo 2^32, as intended
+  return (word >> (bits * (n % per_word))) & value_mask(bits);
+}
 
 }  // namespace core
 }  // namespace gptq_kernels

@@ -91,7 +91,7 @@ inline void load_group(const GemvProblem& p, int64_t g, int64_t n0, float* scale
   const uint32_t* zero_block = p.qzeros + g * (p.n * BITS / 32) + (n0 / 32) * BITS;
   alignas(64) float zero[kTileColumns];
   for (int c = 0; c < kTileColumns; ++c) {
-    zero[c] = static_cast<float>(core::stored_zero_to_zero(core::extract(zero_block, 1, c, BITS)));
+    zero[c] = static_cast<float>(core::zero_point(zero_block, c, BITS));
   }
   const int64_t offset = g * p.n + n0;
   for (int c = 0; c < kTileColumns; c += Vec::kLanes) {

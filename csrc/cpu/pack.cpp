@@ -75,9 +75,8 @@ void dequantize_columns_typed(const core::QuantGeometry& geo, const uint32_t* qw
   std::vector<float> scale(geo.groups * width), zero(geo.groups * width);
   for (int64_t g = 0; g < geo.groups; ++g) {
     for (int64_t col = n_begin; col < n_end; ++col) {
-      const uint32_t stored = core::extract_at(qzeros + g * zero_row_words, 1, col, bits);
       scale[g * width + col - n_begin] = static_cast<float>(scales[g * n + col]);
-      zero[g * width + col - n_begin] = static_cast<float>(core::stored_zero_to_zero(stored));
+      zero[g * width + col - n_begin] = static_cast<float>(core::zero_point(qzeros + g * zero_row_words, col, bits));
     }
   }
   for (int64_t b = 0; b < geo.k / 32; ++b) {

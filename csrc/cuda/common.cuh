@@ -84,7 +84,7 @@ __device__ __forceinline__ float magic_float(uint32_t q) { return __uint_as_floa
 template <int BITS>
 __device__ __forceinline__ float magic_zero(const uint32_t* qzeros, int64_t group, int64_t n_cols, int64_t n) {
   const uint32_t* row = qzeros + group * (n_cols * BITS / 32);
-  return kMagicFloat + static_cast<float>(core::stored_zero_to_zero(core::extract_at(row, 1, n, BITS)));
+  return kMagicFloat + static_cast<float>(core::zero_point(row, n, BITS));
 }
 
 // Value j of a block whose words are w[0..BITS): see core::extract_from_words (checked on the CPU at compile
