@@ -6,7 +6,9 @@ Public API:
   quantize_weight, GPTQWeight      GPTQ for one layer given its Hessian
   quantize_model, quantize_model_rtn   GPTQ / round-to-nearest over a transformers decoder model
   evaluate_perplexity              perplexity over non-overlapping windows
-  save_quantized, load_quantized   GPTQ-format checkpoints (safetensors + config.json)
+  save_quantized, load_quantized   GPTQ-format checkpoints (safetensors + config.json), AutoGPTQ/GPTQModel's too
+  patch_transformers           AutoModelForCausalLM.from_pretrained on GPTQ checkpoints uses these layers
+  BCQLinear                    binary-coded (GPTQT) layer
   ops                          the compiled ops (torch.ops.gptq_kernels.*) with typed wrappers
   reference                    pure-PyTorch reference of the layout and the matmul
 """
@@ -16,7 +18,9 @@ from .quantized import QuantizedWeight, quantize_rtn
 from .gptq import GPTQWeight, PreparedHessian, prepare_hessian, quantize_weight
 from .driver import LayerReport, quantize_model
 from .evaluate import evaluate_perplexity
-from .checkpoint import load_quantized, save_quantized
+from .checkpoint import CheckpointError, load_quantized, save_quantized
+from .hf_integration import patch_transformers, unpatch_transformers
+from .bcq_linear import BCQLinear
 
 
 def quantize_model_rtn(model, **kwargs):
@@ -26,5 +30,5 @@ def quantize_model_rtn(model, **kwargs):
 
 __all__ = ["QuantLinear", "QuantizedWeight", "quantize_rtn", "GPTQWeight", "quantize_weight", "prepare_hessian", "PreparedHessian",
            "quantize_model", "quantize_model_rtn", "LayerReport", "evaluate_perplexity", "save_quantized",
-           "load_quantized", "ops", "reference", "format"]
+           "load_quantized", "CheckpointError", "patch_transformers", "unpatch_transformers", "BCQLinear", "ops", "reference", "format"]
 __version__ = "0.1.0"

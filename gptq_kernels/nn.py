@@ -140,7 +140,12 @@ class QuantLinear(nn.Module):
         # before anything is copied, with messages that name the layout.
         check_layer_tensors(present, self.in_features, self.out_features, self.bits, self.group_size,
                             name=prefix.rstrip(".") or type(self).__name__, required=())
+        reorders = "qweight" in present or "g_idx" in present
+        if reorders and self.input_perm is not None:  # back to checkpoint order, so old and new tensors agree
+            self.qweight, self.g_idx = self._checkpoint_order()
+            self.input_perm = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        self._sort_input_channels()
+        if reorders:  # a load that touches neither (e.g. a parent's partial load) keeps the current order
+            self._sort_input_channels()
 
