@@ -485,6 +485,7 @@ def load_quantized(path: str, device: Optional[Union[str, torch.device]] = None,
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    path = _local_checkpoint(path)
     _, settings = read_quantization_settings(path)
     index = _TensorIndex.for_checkpoint(path, settings.raw or {})
     config = AutoConfig.from_pretrained(path)
@@ -533,6 +534,19 @@ def load_quantized(path: str, device: Optional[Union[str, torch.device]] = None,
     model.gptq_kernels_config = _model_settings(settings)
     model.eval()
     return model.to(device)
+
+
+def _local_checkpoint(path: str) -> str:
+    """`path` itself when it is a directory; otherwise a model hub id, fetched (configs and safetensors only)."""
+    if os.path.isdir(path):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except Exception as error:  # offline, unknown id, ...: say both things that were tried
+        raise CheckpointError(f"{path}: not a local directory, and fetching it from the model hub failed: "
+                              f"{type(error).__name__}: {error}") from None
 
 
 def _model_settings(settings: QuantizationSettings) -> Dict[str, Any]:

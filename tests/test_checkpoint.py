@@ -286,3 +286,8 @@ def test_partial_load_keeps_act_order_layers_correct():
     got = layer(x.float()).double()
     assert (got - want).norm() <= 1e-5 * want.norm()
     assert torch.equal(layer.state_dict()["qweight"], tensors["qweight"])
+
+
+def test_a_path_that_is_neither_a_directory_nor_reachable_says_so():
+    with pytest.raises(CheckpointError, match="not a local directory"):
+        gk.load_quantized("/no/such/checkpoint")
