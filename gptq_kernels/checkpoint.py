@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import reference
-from .format import SUPPORTED_BITS
+from .format import FLOAT_DTYPES, SUPPORTED_BITS
 from .nn import QuantLinear
 
 WEIGHTS_NAME = "model.safetensors"
@@ -406,8 +406,9 @@ def _plan_layers(model: nn.Module, settings: QuantizationSettings, index: _Tenso
         scale_key = f"{name}.scales" if settings.quant_method == "gptq" else f"{name}.alpha"
         if scale_key not in index.info:
             raise CheckpointError(f"{scale_key} is missing")
+        scale_dtype = _torch_dtype(index.info[scale_key][1])  # a wrong one is reported when the layer loads
         planned.append(_PlannedLayer(name, in_features, out_features, has_bias, layer,
-                                     _torch_dtype(index.info[scale_key][1])))
+                                     scale_dtype if scale_dtype in FLOAT_DTYPES else torch.float16))
     if not planned:
         raise CheckpointError(f"{index.path}: the checkpoint has no quantized layer (no tensor named *.{marker})")
     # Layers the config says are quantized must be in the checkpoint in one form or the other.
@@ -431,9 +432,9 @@ def _new_layer(plan: _PlannedLayer, method: str, device=None) -> nn.Module:
                        group_size=plan.settings.group_size, dtype=plan.scale_dtype, device=device)
 
 
-def _layer_state(plan: _PlannedLayer, settings: QuantizationSettings, tensors: Dict[str, torch.Tensor],
-                 keep_dtype: bool = True) -> Dict[str, torch.Tensor]:
-    """One layer's tensors from the checkpoint, with v2 zero points converted to the v1 layout."""
+def _layer_state(plan: _PlannedLayer, settings: QuantizationSettings,
+                 tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """One layer's tensors from the checkpoint, checked, with v2 zero points converted to the v1 layout."""
     state = {}
     for key in _LAYER_TENSORS[settings.quant_method]:
         full = f"{plan.name}.{key}"
@@ -451,7 +452,22 @@ def _layer_state(plan: _PlannedLayer, settings: QuantizationSettings, tensors: D
         from .format import default_g_idx
 
         state["g_idx"] = default_g_idx(plan.in_features, plan.settings.group_size)
+    _check_layer_state(plan, settings.quant_method, state)
     return state
+
+
+def _check_layer_state(plan: _PlannedLayer, method: str, state: Dict[str, torch.Tensor]) -> None:
+    """Shapes, dtypes and presence of one layer's tensors, with errors naming the checkpoint tensor."""
+    from .bcq_format import check_bcq_tensors
+    from .format import check_layer_tensors
+
+    check = check_bcq_tensors if method == "gptqt" else check_layer_tensors
+    required = _LAYER_TENSORS[method][:3] + (("bias",) if plan.bias else ())
+    try:
+        check(state, plan.in_features, plan.out_features, plan.settings.bits, plan.settings.group_size,
+              name=plan.name, required=required)
+    except ValueError as error:
+        raise CheckpointError(f"{error} (as the config declares for {plan.name})") from None
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -469,6 +485,7 @@ def load_quantized(path: str, device: Optional[Union[str, torch.device]] = None,
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    path = _local_checkpoint(path)
     _, settings = read_quantization_settings(path)
     index = _TensorIndex.for_checkpoint(path, settings.raw or {})
     config = AutoConfig.from_pretrained(path)
@@ -488,14 +505,7 @@ def load_quantized(path: str, device: Optional[Union[str, torch.device]] = None,
     tensors = index.load(k for k in index.info if k in packed_keys)
     for plan in planned:
         layer = _new_layer(plan, settings.quant_method)
-        state = _layer_state(plan, settings, tensors)
-        # load_state_dict checks shapes and dtypes first and names the tensor (format.check_layer_tensors).
-        try:
-            result = layer.load_state_dict(state, strict=False)
-        except ValueError as error:
-            raise CheckpointError(str(error)) from None
-        if result.missing_keys:
-            raise CheckpointError(f"{plan.name}.{result.missing_keys[0]} is missing")
+        layer.load_state_dict(_layer_state(plan, settings, tensors))  # checked there, errors name the tensor
         _replace_module(model, plan.name, layer)
     del tensors
 
@@ -524,6 +534,19 @@ def load_quantized(path: str, device: Optional[Union[str, torch.device]] = None,
     model.gptq_kernels_config = _model_settings(settings)
     model.eval()
     return model.to(device)
+
+
+def _local_checkpoint(path: str) -> str:
+    """`path` itself when it is a directory; otherwise a model hub id, fetched (configs and safetensors only)."""
+    if os.path.isdir(path):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except Exception as error:  # offline, unknown id, ...: say both things that were tried
+        raise CheckpointError(f"{path}: not a local directory, and fetching it from the model hub failed: "
+                              f"{type(error).__name__}: {error}") from None
 
 
 def _model_settings(settings: QuantizationSettings) -> Dict[str, Any]:
