@@ -3,10 +3,11 @@ token ids, timed and evaluated on the same held-out text.
 
 Both quantize the float32 model (the GGUF's weights as transformers dequantizes them) on the CPU. Rows:
 
-- gptq_kernels with its defaults (damp_percent 0.01) and GPTQModel with its defaults (damp_percent 0.05, and
-  act_group_aware: GPTQModel's group-aware reordering of the GPTQ column order, on by default without desc_act);
-- "matched": each with the other's settings where both have them (gptq_kernels at damp 0.05; GPTQModel at damp
-  0.01 without group-aware reordering), to separate the effect of the settings from that of the implementation.
+- "same": both with the same settings, gptq_kernels' defaults (damp_percent 0.01, columns in their natural
+  order): GPTQModel with act_group_aware=False;
+- "gptqmodel-defaults": GPTQModel with its defaults (damp_percent 0.05, and act_group_aware: its group-aware
+  reordering of the GPTQ column order, on by default without desc_act), and gptq_kernels as close as it gets
+  (damp_percent 0.05; it has no group-aware reordering).
 
 Times are those of the quantize call alone (the model is already in memory; loading and saving are not
 counted). Perplexity is gptq_kernels.evaluate_perplexity over the first --eval-windows windows of
@@ -38,8 +39,8 @@ from gptq_kernels import data  # noqa: E402
 
 CONFIGS = {
     # name: (gptq_kernels settings, GPTQModel settings)
-    "default": (dict(damp_percent=0.01), dict()),
-    "matched": (dict(damp_percent=0.05), dict(damp_percent=0.01, act_group_aware=False)),
+    "same": (dict(damp_percent=0.01), dict(damp_percent=0.01, act_group_aware=False)),
+    "gptqmodel-defaults": (dict(damp_percent=0.05), dict()),
 }
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=256, help="tokens per calibration window (default 256)")
     parser.add_argument("--eval-windows", type=int, default=8, help="held-out evaluation windows (default 8)")
     parser.add_argument("--eval-seqlen", type=int, default=512, help="tokens per evaluation window (default 512)")
-    parser.add_argument("--configs", default="default,matched",
+    parser.add_argument("--configs", default="same,gptqmodel-defaults",
                         help=f"comma-separated, from {', '.join(CONFIGS)} (default: both)")
     parser.add_argument("--work-dir", default=None, help="where the float model and checkpoints go (default: a "
                                                          "temporary directory, removed at the end)")
@@ -85,31 +86,35 @@ def main() -> None:
         ours_settings, their_settings = CONFIGS[config]
         print(f"gptq_kernels, {config} settings {ours_settings} ...", flush=True)
         quantized = copy.deepcopy(model)
+        load = os.getloadavg()[0]
         start = time.perf_counter()
         gk.quantize_model(quantized, calibration, bits=args.bits, group_size=args.group_size, progress=False,
                           **ours_settings)
         seconds = time.perf_counter() - start
         rows.append(dict(name=f"gptq_kernels ({config})", settings=_describe(ours_settings), seconds=seconds,
-                         ppl=perplexity(quantized)))
+                         load=(load, os.getloadavg()[0]), ppl=perplexity(quantized)))
         print(f"  {seconds:.1f} s, perplexity {rows[-1]['ppl']:.3f}", flush=True)
         del quantized
         gc.collect()
 
         print(f"GPTQModel, {config} settings {their_settings or '(its defaults)'} ...", flush=True)
         out = os.path.join(args.work_dir, f"gptqmodel-{config}-{args.bits}bit-g{args.group_size}")
+        load = os.getloadavg()[0]
         seconds = compat_common.gptqmodel_quantize(float_dir, out, calibration, args.bits, args.group_size,
                                                    **their_settings)
         loaded = gk.load_quantized(out)
         rows.append(dict(name=f"GPTQModel ({config})", settings=_describe(their_settings, gptqmodel=True),
-                         seconds=seconds, ppl=perplexity(loaded)))
+                         seconds=seconds, load=(load, os.getloadavg()[0]), ppl=perplexity(loaded)))
         print(f"  {seconds:.1f} s, perplexity {rows[-1]['ppl']:.3f}", flush=True)
         del loaded
         gc.collect()
 
-    table = ["| quantizer | settings | quantize time (s) | perplexity |", "|---|---|---|---|"]
+    table = ["| quantizer | settings | quantize time (s) | load average before / after | perplexity |",
+             "|---|---|---|---|---|"]
     for r in rows:
         seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        table.append(f"| {r['name']} | {r['settings']} | {seconds} | {r['ppl']:.3f} |")
+        load = "-" if r.get("load") is None else f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"
+        table.append(f"| {r['name']} | {r['settings']} | {seconds} | {load} | {r['ppl']:.3f} |")
     text = "\n".join(table)
     print()
     print(text)
@@ -119,7 +124,9 @@ def main() -> None:
         f"{args.nsamples} x {args.seqlen} calibration token ids (gptq_kernels.data.calibration_samples). "
         f"Perplexity: {args.eval_windows} x {args.eval_seqlen} tokens of the held-out evaluation text "
         "(gptq_kernels.data.evaluation_text), gptq_kernels.evaluate_perplexity. Quantize time: the quantize call "
-        "alone, on the CPU.", ""]
+        "alone, on the CPU; the load average (1 minute, of the whole machine) shows how busy the machine was "
+        "with other work around it, which slows both quantizers (a load of 2 means both cores were in use). "
+        "Perplexities do not depend on the load.", ""]
     with open(args.out, "w") as f:
         f.write(compat_common.header("GPTQ of SmolLM2-135M: gptq_kernels vs GPTQModel", notes) + "\n" + text + "\n")
     print(f"\nwritten to {args.out}")
@@ -128,13 +135,11 @@ def main() -> None:
 
 
 def _describe(settings, gptqmodel: bool = False) -> str:
-    if not settings:
-        return "defaults: damp 0.05, act_group_aware" if gptqmodel else "defaults: damp 0.01"
-    parts = [f"damp {settings['damp_percent']}"] if "damp_percent" in settings else []
-    if settings.get("act_group_aware") is False:
-        parts.append("no act_group_aware")
-    elif gptqmodel:
-        parts.append("act_group_aware")
+    if gptqmodel and not settings:
+        return "its defaults: damp 0.05, act_group_aware"
+    parts = [f"damp {settings['damp_percent']}"]
+    if gptqmodel:
+        parts.append("act_group_aware" if settings.get("act_group_aware", True) else "no act_group_aware")
     return ", ".join(parts)
 
 

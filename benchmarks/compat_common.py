@@ -6,6 +6,7 @@ GPTQModel is a reference implementation installed only for these benchmarks and 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shlex
@@ -61,14 +62,27 @@ def gptqmodel_quantize(source: str, out: str, calibration: List[torch.Tensor], b
     import time
 
     gm = import_gptqmodel()
+    source, out = os.path.abspath(source), os.path.abspath(out)
     config = gm.GPTQConfig(bits=bits, group_size=group_size, offload_to_disk=False, **settings)
     model = gm.GPTQModel.load(source, config, dtype=dtype)
     rows = [{"input_ids": s.reshape(-1).tolist(), "attention_mask": [1] * s.numel()} for s in calibration]
-    start = time.perf_counter()
-    model.quantize(rows, batch_size=1)
-    seconds = time.perf_counter() - start
-    model.save(out)
+    with working_directory(os.path.dirname(out)):  # GPTQModel writes its logs to ./logs
+        start = time.perf_counter()
+        model.quantize(rows, batch_size=1)
+        seconds = time.perf_counter() - start
+        model.save(out)
     return seconds
+
+
+@contextlib.contextmanager
+def working_directory(path: str):
+    """Runs the block in `path` (GPTQModel's quantizer writes a logs/ folder into the current directory)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def gptqmodel_load(path: str, dtype: torch.dtype, backend: str = "gptq_torch"):
@@ -105,5 +119,8 @@ def header(title: str, extra: Optional[List[str]] = None) -> str:
 
     versions.append(f"transformers {transformers.__version__}")
     lines = [f"# {title}", "", f"- date: {now}", f"- commit: {git_commit()}", f"- machine: {machine()}",
-             f"- software: {', '.join(versions)}", f"- command: `python {command}`"]
+             f"- software: {', '.join(versions)}", f"- command: `python {command}`",
+             "- machine load average (1, 5, 15 min) when the run ended: "
+             + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+             + " (the benchmark itself accounts for about its torch threads; more means other jobs shared the cores)"]
     return "\n".join(lines + (extra or [])) + "\n"

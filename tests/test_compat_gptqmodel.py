@@ -17,6 +17,7 @@ sides then multiply by exactly the same weights, and the logits agree to float32
 The slow test quantizes SmolLM2-135M-Instruct with GPTQModel (4-bit, group size 128) and checks perplexity
 and greedy text against GPTQModel's own inference. GPTQModel is installed only for these tests (`make compat`).
 """
+import contextlib
 import json
 import os
 
@@ -48,6 +49,17 @@ SHARDED = (4, True, True)  # this one GPTQModel saves in several files with an i
 def case_id(case):
     bits, desc_act, sym = case
     return f"{bits}bit-{'actorder' if desc_act else 'noactorder'}-{'sym' if sym else 'asym'}"
+
+
+@contextlib.contextmanager
+def working_directory(path):
+    """GPTQModel's quantizer writes a logs/ folder into the current directory: keep it out of the repository."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 # ------------------------------------------------------------------------------------ independent decoding
@@ -130,7 +142,7 @@ def gptqmodel_checkpoint(tiny_source, calibration_ids, tmp_path_factory):
     """checkpoint(bits, desc_act, sym, checkpoint_format) -> path of GPTQModel's checkpoint, made once a session."""
     from gptqmodel import GPTQConfig, GPTQModel
 
-    made = {}
+    made, logs = {}, str(tmp_path_factory.mktemp("gptqmodel-logs"))
     calibration = [{"input_ids": row.tolist(), "attention_mask": [1] * row.numel()} for row in calibration_ids]
 
     def checkpoint(bits, desc_act, sym, checkpoint_format="gptq"):
@@ -139,10 +151,11 @@ def gptqmodel_checkpoint(tiny_source, calibration_ids, tmp_path_factory):
             config = GPTQConfig(bits=bits, group_size=GROUP_SIZE, desc_act=desc_act, sym=sym,
                                 format=checkpoint_format, offload_to_disk=False)
             model = GPTQModel.load(tiny_source, config, dtype=torch.float16)
-            model.quantize(calibration, batch_size=1)
             path = str(tmp_path_factory.mktemp(f"gptqmodel-{bits}bit-{checkpoint_format}"))
-            # One checkpoint in several files, to read GPTQModel's shard index.
-            model.save(path, max_shard_size="1MB" if key[:3] == SHARDED else "4GB")
+            with working_directory(logs):
+                model.quantize(calibration, batch_size=1)
+                # One checkpoint in several files, to read GPTQModel's shard index.
+                model.save(path, max_shard_size="1MB" if key[:3] == SHARDED else "4GB")
             made[key] = path
         return made[key]
 
@@ -327,9 +340,10 @@ def test_smollm2_gptqmodel_checkpoint_matches_gptqmodel_perplexity_and_greedy_te
                    for s in data.calibration_samples(data.calibration_text(), tokenizer, nsamples=16, seqlen=256)]
     quantizer = GPTQModel.load(smollm2_float_dir, GPTQConfig(bits=4, group_size=128, offload_to_disk=False),
                                dtype=torch.float32)
-    quantizer.quantize(calibration, batch_size=1)
     path = str(tmp_path / "smollm2-gptqmodel-4bit-g128")
-    quantizer.save(path)
+    with working_directory(str(tmp_path)):
+        quantizer.quantize(calibration, batch_size=1)
+        quantizer.save(path)
     del quantizer
 
     held_out = data.token_stream(data.evaluation_text(), tokenizer)
