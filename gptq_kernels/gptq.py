@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -53,14 +53,23 @@ class GPTQWeight(QuantizedWeight):
 class PreparedHessian:
     """What GPTQ needs from a Hessian, computed once: layers that read the same input (q/k/v) share it.
 
-    dead: input channels with a zero diagonal; perm: the act-order column order or None; factor: U, the upper
-    Cholesky factor of the damped inverse, in processing order; damp_percent: the damping used.
+    dead: input channels with a zero diagonal; perm: the act-order column order or None; cholesky: R, the upper
+    triangular matrix with H + damping = R R^T in processing order (R = U^-1, see hessian_factor);
+    damp_percent: the damping used. ``factor`` is U itself, formed on first use (quantize_weight needs only R).
     """
 
     dead: torch.Tensor
     perm: Optional[torch.Tensor]
-    factor: torch.Tensor
+    cholesky: torch.Tensor
     damp_percent: float
+    _factor: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    @property
+    def factor(self) -> torch.Tensor:
+        """U, the upper Cholesky factor of the damped inverse Hessian (U = R^-1)."""
+        if self._factor is None:
+            self._factor = invert_lower_triangular(self.cholesky.t()).t().contiguous()
+        return self._factor
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -84,8 +93,8 @@ def prepare_hessian(hessian: torch.Tensor, *, desc_act: bool = False, damp_perce
     if desc_act:
         perm = torch.argsort(torch.diag(H), descending=True)
         H = H[perm][:, perm]
-    U, damp_used = _inverse_hessian_factor(H, damp_percent, label)
-    return PreparedHessian(dead, perm, U, damp_used)
+    R, damp_used = hessian_factor(H, damp_percent, label)
+    return PreparedHessian(dead, perm, R, damp_used)
 
 
 def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size: int = 128,
@@ -108,7 +117,7 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
         raise ValueError(f"{label}: weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
     rows, columns = weight.shape
     check_features(columns, rows)
-    size = hessian.factor.shape if isinstance(hessian, PreparedHessian) else hessian.shape
+    size = hessian.cholesky.shape if isinstance(hessian, PreparedHessian) else hessian.shape
     if tuple(size) != (columns, columns):
         raise ValueError(f"{label}: hessian must have shape [{columns}, {columns}] (in_features squared), "
                          f"got {tuple(size)}")
@@ -119,7 +128,7 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
     if not isinstance(hessian, PreparedHessian):
         hessian = prepare_hessian(hessian.to(weight.device), desc_act=desc_act, damp_percent=damp_percent,
                                   name=name)
-    dead, perm, U, damp_used = hessian.dead, hessian.perm, hessian.factor, hessian.damp_percent
+    dead, perm, R, damp_used = hessian.dead, hessian.perm, hessian.cholesky, hessian.damp_percent
 
     W = weight.detach().to(torch.float32).clone()
     W[:, dead] = 0.0
@@ -148,25 +157,36 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
     else:
         block = block_size
 
+    # The lazy-batch update without U = R^-1: the errors E of the finished columns satisfy W - Q = E U, so
+    # what they add to a block [i1, i2) is E[:, :i1] U[:i1, blk] = -(W - Q)[:, :i1] R[:i1, blk] U[blk, blk]
+    # (block inverse of the triangular R), and U's diagonal blocks are the inverses of R's. This needs one
+    # Cholesky and no triangular inverse of the whole matrix (K^3/6 multiply-adds fewer).
     Q = torch.empty(rows, columns, dtype=torch.int32, device=W.device)
+    residual = torch.empty_like(W)  # W - dequantized, filled block by block
     scale = torch.empty(rows, groups, device=W.device)
     zero = torch.empty(rows, groups, device=W.device)
     error = 0.0
     for i1 in range(0, columns, block):
         i2 = min(i1 + block, columns)
+        U1 = invert_lower_triangular(R[i1:i2, i1:i2].t()).t().contiguous()
+        if not _all_finite(U1):
+            raise ValueError(f"{label}: the damped Hessian is too ill-conditioned to invert in float32; "
+                             "raise damp_percent")
+        working = W[:, i1:i2]
+        if i1:
+            working = torch.addmm(working, residual[:, :i1] @ R[:i1, i1:i2], U1)
         s_cols = z_cols = None
         if fixed_scale is not None:
             s_cols = fixed_scale[:, column_group[i1:i2]].contiguous()
             z_cols = fixed_zero[:, column_group[i1:i2]].contiguous()
-        q, _, err, s_used, z_used = _gptq_block(W[:, i1:i2].contiguous(), U[i1:i2, i1:i2].contiguous(), bits,
-                                                sym, group_size, i1, s_cols, z_cols, scale_dtype)
+        q, dequantized, err, s_used, z_used = _gptq_block(working.contiguous(), U1, bits, sym, group_size, i1,
+                                                          s_cols, z_cols, scale_dtype)
         Q[:, i1:i2] = q
+        torch.sub(W[:, i1:i2], dequantized, out=residual[:, i1:i2])
         error += 0.5 * float(torch.linalg.vector_norm(err)) ** 2
         if fixed_scale is None:
             for c in range(i1, i2, group_size):
                 scale[:, c // group_size], zero[:, c // group_size] = s_used[:, c - i1], z_used[:, c - i1]
-        if i2 < columns:
-            W[:, i2:].addmm_(err, U[i1:i2, i2:], alpha=-1.0)  # the lazy-batch update of the later columns
 
     if fixed_scale is not None:
         scale, zero = fixed_scale, fixed_zero
@@ -187,15 +207,18 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
 def inverse_hessian_factor(hessian: torch.Tensor, damp_percent: float = 0.01, name: Optional[str] = None
                            ) -> Tuple[torch.Tensor, float]:
     """U, the upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, and the damp_percent used."""
-    return _inverse_hessian_factor(hessian.to(torch.float32), damp_percent, name or "weight")
+    R, damp = hessian_factor(hessian.to(torch.float32), damp_percent, name or "weight")
+    return invert_lower_triangular(R.t()).t().contiguous(), damp
 
 
-def _inverse_hessian_factor(H: torch.Tensor, damp_percent: float, label: str) -> Tuple[torch.Tensor, float]:
-    # With J the reversal permutation and J H J = L L^T (L lower), H^-1 = (J L^-T J)(J L^-1 J), and
-    # J L^-1 J is upper triangular with a positive diagonal: it is U. One Cholesky and one triangular
-    # inverse (K^3/6 + K^3/6 multiply-adds) where the textbook route (Cholesky, cholesky_inverse, Cholesky of
-    # the inverse) costs about K^3/6 + K^3/3 + K^3/6, and it never forms H^-1, whose rounding errors the
-    # second Cholesky would amplify.
+def hessian_factor(H: torch.Tensor, damp_percent: float = 0.01, label: str = "weight") -> Tuple[torch.Tensor, float]:
+    """R, upper triangular with H + damp * mean(diag H) * I = R R^T, and the damp_percent used.
+
+    With J the reversal permutation and J H J = L L^T (L lower), R = J L J, and R^-1 = J L^-1 J is U, the upper
+    Cholesky factor of H^-1 that GPTQ's updates use (H^-1 = U^T U). GPTQ needs only R and U's diagonal blocks,
+    so one Cholesky replaces the textbook route (Cholesky, cholesky_inverse, Cholesky of the inverse: about
+    four times the work), and H^-1, whose rounding errors the second Cholesky would amplify, is never formed.
+    """
     columns = H.shape[0]
     # |diag| so that an invalid Hessian with a negative mean diagonal still gets positive damping.
     mean_diag = float(torch.diag(H).abs().mean()) or 1.0
@@ -206,13 +229,11 @@ def _inverse_hessian_factor(H: torch.Tensor, damp_percent: float, label: str) ->
         damped = reversed_h.clone()
         damped[diagonal, diagonal] += damp * mean_diag
         L, info = torch.linalg.cholesky_ex(damped)
-        if int(info) == 0:
-            U = invert_lower_triangular(L).flip((0, 1))
-            if _all_finite(U):
-                if step:
-                    warnings.warn(f"{label}: the Hessian is not positive definite with damp_percent="
-                                  f"{damp_percent:g}; used damp_percent={damp:g}", RuntimeWarning, stacklevel=3)
-                return U.contiguous(), damp
+        if int(info) == 0 and _all_finite(L) and bool((torch.diagonal(L) > 0).all()):
+            if step:
+                warnings.warn(f"{label}: the Hessian is not positive definite with damp_percent="
+                              f"{damp_percent:g}; used damp_percent={damp:g}", RuntimeWarning, stacklevel=3)
+            return L.flip((0, 1)).contiguous(), damp
         damp = max(damp * DAMP_GROWTH, 0.01) if damp > 0 else 0.01
     # Unreachable for a finite Hessian; kept so that a pathological one degrades to round-to-nearest (an
     # identity Hessian) instead of stopping a long model run.

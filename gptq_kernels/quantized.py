@@ -60,6 +60,9 @@ class QuantizedWeight:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight [N, K] (nn.Linear convention) these tensors encode."""
+        if dtype == self.scales.dtype and ops.has_kernel(self.qweight.device.type, "dequantize"):
+            return ops.dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits,
+                                  self.group_size).t()
         return reference.dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits,
                                     self.group_size, dtype=dtype).t()
 

@@ -308,3 +308,43 @@ def test_opcheck():
     values = torch.randint(0, 8, (64, 32), dtype=torch.int32, device="cuda")
     torch.library.opcheck(torch.ops.gptq_kernels.pack, (values, 3))
     torch.library.opcheck(torch.ops.gptq_kernels.unpack, (ops.pack(values, 3), 3))
+
+
+# ------------------------------------------------------------------------------------------- gptq_block
+def _upper_factor(width, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(width, width, generator=g) / width ** 0.5 + torch.eye(width)
+    return torch.linalg.cholesky(a @ a.t(), upper=True).contiguous()
+
+
+@pytest.mark.parametrize("fit, bits, sym", [(True, 4, True), (True, 3, False), (False, 2, False), (False, 8, True)])
+def test_gptq_block_matches_the_cpu_op(fit, bits, sym):
+    rows, width, group_size, offset = 300, 128, 64, 128  # rows not a multiple of the CTA size
+    w = torch.randn(rows, width) * 0.05
+    u = _upper_factor(width, 1)
+    scale = zero = None
+    if not fit:
+        scale = torch.rand(rows, width) * 0.01 + 0.005
+        zero = torch.full((rows, width), float(1 << (bits - 1))) if sym else torch.randint(0, 1 << bits, (rows, width)).float()
+    cpu = ops.gptq_block(w, u, bits, sym, group_size, offset, scale, zero, torch.float16)
+    gpu = ops.gptq_block(w.cuda(), u.cuda(), bits, sym, group_size, offset,
+                         None if scale is None else scale.cuda(), None if zero is None else zero.cuda(), torch.float16)
+    q_cpu, q_gpu = cpu[0], gpu[0].cpu()
+    # Contracted multiply-adds on the GPU may move a value across a rounding boundary: rare, never many.
+    assert (q_cpu != q_gpu).float().mean() < 0.01
+    same = (q_cpu == q_gpu).all(dim=1)  # rows that took the same path agree to rounding
+    for a, b in zip(cpu[1:], gpu[1:]):
+        torch.testing.assert_close(b.cpu()[same], a[same], rtol=1e-4, atol=1e-5)
+
+
+def test_quantize_weight_on_cuda_matches_the_cpu():
+    import gptq_kernels as gk
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2048, 576, generator=g) @ (torch.randn(576, 576, generator=g) * 0.1 + torch.eye(576))
+    h = 2 * x.t() @ x / x.shape[0]
+    w = torch.randn(96, 576, generator=g) * 0.05
+    cpu = gk.quantize_weight(w, h, bits=3, group_size=128, desc_act=True)
+    gpu = gk.quantize_weight(w.cuda(), h.cuda(), bits=3, group_size=128, desc_act=True)
+    assert abs(gpu.error - cpu.error) <= 0.01 * cpu.error
+    assert (gpu.dequantize().cpu() - cpu.dequantize()).abs().mean() <= 0.02 * cpu.dequantize().abs().mean()

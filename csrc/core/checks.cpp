@@ -125,5 +125,41 @@ void check_group_index_values(const char* op, const at::Tensor& g_idx, int64_t g
   }
 }
 
+namespace {
+void check_float_matrix(const char* op, const char* name, const at::Tensor& t, const at::Tensor& weight,
+                        int64_t rows, int64_t cols) {
+  TORCH_CHECK(t.device() == weight.device(), op, ": ", name, " is on ", t.device(), " but weight is on ",
+              weight.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, op, ": ", name, " must have shape [",
+              rows, ", ", cols, "], got ", t.sizes());
+}
+}  // namespace
+
+bool check_gptq_block_args(const char* op, const at::Tensor& weight, const at::Tensor& hinv, int64_t bits,
+                           int64_t group_size, int64_t column_offset, const c10::optional<at::Tensor>& scale,
+                           const c10::optional<at::Tensor>& zero) {
+  check_bits(op, bits);
+  check_group_size(op, group_size);
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [rows, B], got shape ", weight.sizes());
+  const int64_t rows = weight.size(0), width = weight.size(1);
+  check_float_matrix(op, "weight", weight, weight, rows, width);
+  check_float_matrix(op, "hinv", hinv, weight, width, width);
+  TORCH_CHECK(scale.has_value() == zero.has_value(), op,
+              ": pass both scale and zero (precomputed grids) or neither (grids fitted here)");
+  const bool fit = !scale.has_value();
+  if (fit) {
+    TORCH_CHECK(group_size > 0, op, ": with group_size = -1 the grid spans the whole matrix and must be ",
+                "passed as scale and zero");
+    TORCH_CHECK(column_offset >= 0 && column_offset % group_size == 0, op, ": column_offset = ",
+                column_offset, " must be a multiple of group_size = ", group_size,
+                " when the grids are fitted here (a block must start a group)");
+  } else {
+    check_float_matrix(op, "scale", *scale, weight, rows, width);
+    check_float_matrix(op, "zero", *zero, weight, rows, width);
+  }
+  return fit;
+}
+
 }  // namespace core
 }  // namespace gptq_kernels

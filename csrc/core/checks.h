@@ -36,6 +36,13 @@ void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const Qua
 void check_pack_values(const char* op, const at::Tensor& values, int64_t bits);
 void check_packed(const char* op, const at::Tensor& packed, int64_t bits);
 
+// gptq_block's arguments: weight [rows, B] and hinv [B, B] float32, scale and zero both given ([rows, B]
+// float32) or both absent (then group_size > 0 and column_offset a multiple of it), all on weight's device.
+// Returns true when the op fits the grids itself (scale and zero absent).
+bool check_gptq_block_args(const char* op, const at::Tensor& weight, const at::Tensor& hinv, int64_t bits,
+                           int64_t group_size, int64_t column_offset, const c10::optional<at::Tensor>& scale,
+                           const c10::optional<at::Tensor>& zero);
+
 // Reads g_idx and checks every entry is a valid group index. Host memory only (CPU ops).
 void check_group_index_values(const char* op, const at::Tensor& g_idx, int64_t groups);
 

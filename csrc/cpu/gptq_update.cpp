@@ -1,10 +1,11 @@
 // CPU implementation of gptq_block: the inner column loop of blocked GPTQ for one block of columns.
 //
 // Each row of the weight is quantized independently (the Hessian couples columns, never rows), so the op
-// parallelises over rows and walks the block's columns in order inside a row: quantize column j, divide its
-// error by U[j, j] and subtract error * U[j, j+1:] from the rest of the row. The row (B floats) and the
-// factor row it reads stay in L1, and the update is a contiguous axpy the compiler vectorises. The update of
-// the columns after the block (a GEMM) is left to the caller.
+// parallelises over rows and walks the block's columns in order: quantize column j, divide its error by
+// U[j, j] and subtract error * U[j, j+1:] from the rest of the row. Rows go kLanes at a time through a
+// transposed copy of the block (column-major, kLanes rows side by side), so the update of column c is one
+// vector multiply-add over kLanes rows with U[j, c] broadcast, and the lanes' dependency chains interleave.
+// The update of the columns after the block (a GEMM) is left to the caller.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -25,6 +26,8 @@ namespace {
 
 // Rows per parallel task: a task is rows * B * B / 2 multiply-adds, 16 rows of a 128-column block ~ 130k.
 constexpr int64_t kGrainRows = 16;
+// Rows processed side by side (two AVX2 or four SSE vectors).
+constexpr int kLanes = 8;
 
 // The scale as the checkpoint will hold it: clamped to the dtype's smallest normal, then rounded to it.
 template <typename T>
@@ -35,9 +38,21 @@ float round_scale(float scale) {
 
 using ScaleRounding = float (*)(float);
 
-// row[c] -= e * u[c]: restrict tells the compiler the two rows do not alias, so it vectorises the loop.
-inline void subtract_scaled(float* __restrict__ row, const float* __restrict__ u, float e, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) row[c] -= e * u[c];
+// The hot loop: block[c][l] -= e[l] * u[c] for columns c in [from, to), kLanes rows at a time, written with
+// GCC/Clang vector types (two SSE or one AVX operation each): the compiler does not vectorise the scalar
+// form of this loop on its own.
+typedef float LaneVector __attribute__((vector_size(kLanes * sizeof(float))));
+static_assert(sizeof(LaneVector) == kLanes * sizeof(float), "one LaneVector holds the block's kLanes rows");
+
+inline void subtract_outer(float* block, const float* u, const float* e, int64_t from, int64_t to) {
+  LaneVector ev;
+  __builtin_memcpy(&ev, e, sizeof(ev));
+  for (int64_t c = from; c < to; ++c) {
+    LaneVector column;
+    __builtin_memcpy(&column, block + c * kLanes, sizeof(column));
+    column -= ev * u[c];
+    __builtin_memcpy(block + c * kLanes, &column, sizeof(column));
+  }
 }
 
 ScaleRounding scale_rounding(const char* op, at::ScalarType dtype) {
@@ -50,40 +65,17 @@ ScaleRounding scale_rounding(const char* op, at::ScalarType dtype) {
   }
 }
 
-void check_float_matrix(const char* op, const char* name, const at::Tensor& t, int64_t rows, int64_t cols) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be on the CPU here, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, op, ": ", name, " must have shape [",
-              rows, ", ", cols, "], got ", t.sizes());
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gptq_block_cpu(
     const at::Tensor& weight, const at::Tensor& hinv, int64_t bits, bool sym, int64_t group_size,
     int64_t column_offset, const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& zero,
     at::ScalarType scale_dtype) {
   constexpr const char* op = "gptq_kernels.gptq_block";
-  core::check_bits(op, bits);
-  core::check_group_size(op, group_size);
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [rows, B], got shape ", weight.sizes());
+  const bool fit = core::check_gptq_block_args(op, weight, hinv, bits, group_size, column_offset, scale, zero);
+  TORCH_CHECK(weight.device().is_cpu(), op, ": expected CPU tensors here, got ", weight.device());
   const int64_t rows = weight.size(0), width = weight.size(1);
-  check_float_matrix(op, "weight", weight, rows, width);
-  check_float_matrix(op, "hinv", hinv, width, width);
-  TORCH_CHECK(scale.has_value() == zero.has_value(), op,
-              ": pass both scale and zero (precomputed grids) or neither (grids fitted here)");
-  const bool fit = !scale.has_value();
-  if (fit) {
-    TORCH_CHECK(group_size > 0, op, ": with group_size = -1 the grid spans the whole matrix and must be ",
-                "passed as scale and zero");
-    TORCH_CHECK(column_offset >= 0 && column_offset % group_size == 0, op, ": column_offset = ",
-                column_offset, " must be a multiple of group_size = ", group_size,
-                " when the grids are fitted here (a block must start a group)");
-  } else {
-    check_float_matrix(op, "scale", *scale, rows, width);
-    check_float_matrix(op, "zero", *zero, rows, width);
-  }
   const ScaleRounding rounding = scale_rounding(op, scale_dtype);
 
-  at::Tensor w = weight.contiguous().clone();  // the working copy that receives the in-block updates
+  const at::Tensor w = weight.contiguous();  // read once into per-task working copies
   const at::Tensor u = hinv.contiguous();
   at::Tensor q = at::empty({rows, width}, weight.options().dtype(at::kInt));
   at::Tensor deq = at::empty({rows, width}, weight.options());
@@ -92,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gptq_bloc
   at::Tensor zero_out = fit ? at::empty({rows, width}, weight.options()) : zero->contiguous().clone();
 
   const float* pu = u.data_ptr<float>();
-  float* pw = w.data_ptr<float>();
+  const float* pw = w.data_ptr<float>();
   int32_t* pq = q.data_ptr<int32_t>();
   float* pd = deq.data_ptr<float>();
   float* pe = err.data_ptr<float>();
@@ -101,41 +93,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gptq_bloc
   const int b = static_cast<int>(bits);
 
   at::parallel_for(0, rows, kGrainRows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float* row = pw + r * width;
-      float* row_scale = ps + r * width;
-      float* row_zero = pz + r * width;
-      float s = 0.0f, z = 0.0f;
+    std::vector<float> block(static_cast<size_t>(width) * kLanes);  // block[c * kLanes + l] = row r + l, column c
+    for (int64_t r = r0; r < r1; r += kLanes) {
+      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, r1 - r));
+      std::fill(block.begin(), block.end(), 0.0f);  // unused lanes stay 0 and get error 0
+      for (int l = 0; l < lanes; ++l) {
+        for (int64_t c = 0; c < width; ++c) block[c * kLanes + l] = pw[(r + l) * width + c];
+      }
+      float s[kLanes] = {}, z[kLanes] = {}, e[kLanes];
       for (int64_t j = 0; j < width; ++j) {
-        if (fit) {
-          if ((column_offset + j) % group_size == 0) {
-            // The group's grid comes from its columns as they are now: already corrected for the errors of
-            // every column quantized before it, as in the per-column algorithm.
-            const int64_t end = std::min(width, j + group_size);
-            float lo = row[j], hi = row[j];
-            for (int64_t c = j + 1; c < end; ++c) {
-              lo = std::min(lo, row[c]);
-              hi = std::max(hi, row[c]);
-            }
-            const core::Grid g = core::fit_grid(lo, hi, b, sym);
-            s = rounding(g.scale);
-            z = g.zero;
-          }
-          row_scale[j] = s;
-          row_zero[j] = z;
-        } else {
-          s = row_scale[j];
-          z = row_zero[j];
-        }
-        const float x = row[j];
-        const float qv = core::quantize_value(x, s, z, b);
-        const float dq = core::dequantize_value(qv, s, z);
         const float* u_row = pu + j * width;
-        const float e = (x - dq) / u_row[j];
-        pq[r * width + j] = static_cast<int32_t>(qv);
-        pd[r * width + j] = dq;
-        pe[r * width + j] = e;
-        subtract_scaled(row + j + 1, u_row + j + 1, e, width - j - 1);
+        float* col = block.data() + j * kLanes;
+        for (int l = 0; l < lanes; ++l) {
+          const int64_t at = (r + l) * width + j;
+          if (fit) {
+            if ((column_offset + j) % group_size == 0) {
+              // The group's grid comes from its columns as they are now: already corrected for the errors
+              // of every column quantized before it, as in the per-column algorithm.
+              const int64_t end = std::min(width, j + group_size);
+              float lo = col[l], hi = col[l];
+              for (int64_t c = j + 1; c < end; ++c) {
+                lo = std::min(lo, block[c * kLanes + l]);
+                hi = std::max(hi, block[c * kLanes + l]);
+              }
+              const core::Grid g = core::fit_grid(lo, hi, b, sym);
+              s[l] = rounding(g.scale);
+              z[l] = g.zero;
+            }
+            ps[at] = s[l];
+            pz[at] = z[l];
+          } else {
+            s[l] = ps[at];
+            z[l] = pz[at];
+          }
+          const float x = col[l];
+          const float qv = core::quantize_value(x, s[l], z[l], b);
+          const float dq = core::dequantize_value(qv, s[l], z[l]);
+          e[l] = (x - dq) / u_row[j];
+          pq[at] = static_cast<int32_t>(qv);
+          pd[at] = dq;
+          pe[at] = e[l];
+        }
+        for (int l = lanes; l < kLanes; ++l) e[l] = 0.0f;
+        subtract_outer(block.data(), u_row, e, j + 1, width);
       }
     }
   });
