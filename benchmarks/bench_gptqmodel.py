@@ -59,7 +59,12 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(compat_common.ROOT, "benchmarks", "results",
                                                       "bench_gptqmodel.md"),
                         help="result file (markdown; default benchmarks/results/bench_gptqmodel.md)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads while quantizing (default: torch's own); 1 makes the times less "
+                             "sensitive to other jobs sharing the cores. Perplexity always uses torch's default.")
     args = parser.parse_args()
+    default_threads = torch.get_num_threads()
+    quant_threads = args.threads or default_threads
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
@@ -86,13 +91,15 @@ def main() -> None:
         ours_settings, their_settings = CONFIGS[config]
         print(f"gptq_kernels, {config} settings {ours_settings} ...", flush=True)
         quantized = copy.deepcopy(model)
-        load = os.getloadavg()[0]
+        load, cpu = os.getloadavg()[0], time.process_time()
+        torch.set_num_threads(quant_threads)
         start = time.perf_counter()
         gk.quantize_model(quantized, calibration, bits=args.bits, group_size=args.group_size, progress=False,
                           **ours_settings)
         seconds = time.perf_counter() - start
+        torch.set_num_threads(default_threads)
         rows.append(dict(name=f"gptq_kernels ({config})", settings=_describe(ours_settings), seconds=seconds,
-                         load=(load, os.getloadavg()[0]), ppl=perplexity(quantized)))
+                         cpu=time.process_time() - cpu, load=(load, os.getloadavg()[0]), ppl=perplexity(quantized)))
         print(f"  {seconds:.1f} s, perplexity {rows[-1]['ppl']:.3f}", flush=True)
         del quantized
         gc.collect()
@@ -100,21 +107,24 @@ def main() -> None:
         print(f"GPTQModel, {config} settings {their_settings or '(its defaults)'} ...", flush=True)
         out = os.path.join(args.work_dir, f"gptqmodel-{config}-{args.bits}bit-g{args.group_size}")
         load = os.getloadavg()[0]
-        seconds = compat_common.gptqmodel_quantize(float_dir, out, calibration, args.bits, args.group_size,
-                                                   **their_settings)
+        torch.set_num_threads(quant_threads)
+        seconds, cpu = compat_common.gptqmodel_quantize(float_dir, out, calibration, args.bits, args.group_size,
+                                                        **their_settings)
+        torch.set_num_threads(default_threads)
         loaded = gk.load_quantized(out)
         rows.append(dict(name=f"GPTQModel ({config})", settings=_describe(their_settings, gptqmodel=True),
-                         seconds=seconds, load=(load, os.getloadavg()[0]), ppl=perplexity(loaded)))
+                         seconds=seconds, cpu=cpu, load=(load, os.getloadavg()[0]), ppl=perplexity(loaded)))
         print(f"  {seconds:.1f} s, perplexity {rows[-1]['ppl']:.3f}", flush=True)
         del loaded
         gc.collect()
 
-    table = ["| quantizer | settings | quantize time (s) | load average before / after | perplexity |",
-             "|---|---|---|---|---|"]
+    table = ["| quantizer | settings | quantize wall time (s) | CPU time (s) | load average before / after "
+             "| perplexity |", "|---|---|---|---|---|---|"]
     for r in rows:
         seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        cpu = "-" if r.get("cpu") is None else f"{r['cpu']:.1f}"
         load = "-" if r.get("load") is None else f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"
-        table.append(f"| {r['name']} | {r['settings']} | {seconds} | {load} | {r['ppl']:.3f} |")
+        table.append(f"| {r['name']} | {r['settings']} | {seconds} | {cpu} | {load} | {r['ppl']:.3f} |")
     text = "\n".join(table)
     print()
     print(text)
@@ -124,7 +134,8 @@ def main() -> None:
         f"{args.nsamples} x {args.seqlen} calibration token ids (gptq_kernels.data.calibration_samples). "
         f"Perplexity: {args.eval_windows} x {args.eval_seqlen} tokens of the held-out evaluation text "
         "(gptq_kernels.data.evaluation_text), gptq_kernels.evaluate_perplexity. Quantize time: the quantize call "
-        "alone, on the CPU; the load average (1 minute, of the whole machine) shows how busy the machine was "
+        f"alone, on the CPU with {quant_threads} torch thread(s), wall clock and CPU time of the whole "
+        "process (all threads); the load average (1 minute, of the whole machine) shows how busy the machine was "
         "with other work around it, which slows both quantizers (a load of 2 means both cores were in use). "
         "Perplexities do not depend on the load.", ""]
     with open(args.out, "w") as f:

@@ -56,9 +56,9 @@ def default_model_dir(work_dir: str):
 
 
 def gptqmodel_quantize(source: str, out: str, calibration: List[torch.Tensor], bits: int, group_size: int,
-                       dtype: torch.dtype = torch.float32, **settings) -> float:
-    """Quantizes the model directory `source` with GPTQModel and saves it to `out`; returns the seconds of the
-    quantize() call alone (loading and saving not counted)."""
+                       dtype: torch.dtype = torch.float32, **settings):
+    """Quantizes the model directory `source` with GPTQModel and saves it to `out`; returns (wall, CPU) seconds
+    of the quantize() call alone (loading and saving not counted; CPU time of all threads of the process)."""
     import time
 
     gm = import_gptqmodel()
@@ -67,11 +67,11 @@ def gptqmodel_quantize(source: str, out: str, calibration: List[torch.Tensor], b
     model = gm.GPTQModel.load(source, config, dtype=dtype)
     rows = [{"input_ids": s.reshape(-1).tolist(), "attention_mask": [1] * s.numel()} for s in calibration]
     with working_directory(os.path.dirname(out)):  # GPTQModel writes its logs to ./logs
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.quantize(rows, batch_size=1)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         model.save(out)
-    return seconds
+    return seconds, cpu
 
 
 @contextlib.contextmanager
