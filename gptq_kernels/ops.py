@@ -135,22 +135,25 @@ if _IMPORT_ERROR is None:
         return (weight.new_empty(weight.shape, dtype=torch.int32), torch.empty_like(weight),
                 torch.empty_like(weight), torch.empty_like(weight), torch.empty_like(weight))
 
-    def _check_bcq_weight(qplanes, alpha, offset):
+    def _check_bcq_weight(qplanes, alpha, offset, group_size):
         torch._check(qplanes.dim() == 3, lambda: "qplanes must be 3-D [planes, K/32, N]")
-        planes, n = qplanes.shape[0], qplanes.shape[2]
+        planes, k, n = qplanes.shape[0], qplanes.shape[1] * 32, qplanes.shape[2]
         torch._check(1 <= planes <= 8, lambda: f"qplanes has {planes} planes, expected 1 to 8")
-        torch._check(alpha.dim() == 3 and alpha.shape[1] == planes and alpha.shape[2] == n,
-                     lambda: f"alpha must be [G, {planes}, {n}], got {tuple(alpha.shape)}")
-        torch._check(offset.dim() == 2 and offset.shape[1] == n, lambda: f"offset must be [G, {n}]")
+        torch._check(group_size == -1 or group_size > 0, lambda: f"group_size must be -1 or positive, got {group_size}")
+        groups = 1 if group_size == -1 else (k + group_size - 1) // group_size
+        torch._check(alpha.dim() == 3 and alpha.shape[0] == groups and alpha.shape[1] == planes
+                     and alpha.shape[2] == n, lambda: f"alpha must be [{groups}, {planes}, {n}], got {tuple(alpha.shape)}")
+        torch._check(offset.dim() == 2 and offset.shape[0] == groups and offset.shape[1] == n,
+                     lambda: f"offset must be [{groups}, {n}], got {tuple(offset.shape)}")
 
     @torch.library.register_fake("gptq_kernels::bcq_dequantize")
     def _bcq_dequantize_fake(qplanes, alpha, offset, group_size):
-        _check_bcq_weight(qplanes, alpha, offset)
+        _check_bcq_weight(qplanes, alpha, offset, group_size)
         return alpha.new_empty((qplanes.shape[1] * 32, qplanes.shape[2]))
 
     @torch.library.register_fake("gptq_kernels::bcq_gemm")
     def _bcq_gemm_fake(x, qplanes, alpha, offset, bias, group_size):
-        _check_bcq_weight(qplanes, alpha, offset)
+        _check_bcq_weight(qplanes, alpha, offset, group_size)
         k = qplanes.shape[1] * 32
         torch._check(x.shape[-1] == k, lambda: f"x has {x.shape[-1]} features, the weight has K = {k}")
         return x.new_empty((*x.shape[:-1], qplanes.shape[2]))

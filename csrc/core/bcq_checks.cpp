@@ -45,5 +45,16 @@ BcqGeometry check_bcq_weight(const char* op, const at::Tensor& qplanes, const at
   return BcqGeometry{planes, k, n, groups, group_size};
 }
 
+void check_bcq_inputs(const char* op, const at::Tensor& x, const c10::optional<at::Tensor>& bias,
+                      const BcqGeometry& geometry, const at::Tensor& qplanes) {
+  TORCH_CHECK(x.device() == qplanes.device(), op, ": x is on ", x.device(), " but qplanes is on ", qplanes.device());
+  check_activations(op, x, geometry.as_quant(), qplanes);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->device() == qplanes.device(), op, ": bias is on ", bias->device(), " but qplanes is on ",
+                qplanes.device());
+  }
+  check_bias(op, bias, geometry.as_quant(), qplanes);
+}
+
 }  // namespace core
 }  // namespace gptq_kernels

@@ -24,5 +24,10 @@ struct BcqGeometry {
 BcqGeometry check_bcq_weight(const char* op, const at::Tensor& qplanes, const at::Tensor& alpha,
                              const at::Tensor& offset, int64_t group_size);
 
+// x [..., K] of float16/bfloat16/float32 and bias [N] of a float type (or None), both on qplanes' device: the
+// checks of core/checks.h, with device messages that name qplanes.
+void check_bcq_inputs(const char* op, const at::Tensor& x, const c10::optional<at::Tensor>& bias,
+                      const BcqGeometry& geometry, const at::Tensor& qplanes);
+
 }  // namespace core
 }  // namespace gptq_kernels

@@ -163,8 +163,7 @@ at::Tensor bcq_gemm_cpu(const at::Tensor& x, const at::Tensor& qplanes, const at
                         const at::Tensor& offset, const c10::optional<at::Tensor>& bias, int64_t group_size) {
   constexpr const char* op = "gptq_kernels.bcq_gemm";
   const core::BcqGeometry geo = core::check_bcq_weight(op, qplanes, alpha, offset, group_size);
-  core::check_activations(op, x, geo.as_quant(), qplanes);
-  core::check_bias(op, bias, geo.as_quant(), qplanes);
+  core::check_bcq_inputs(op, x, bias, geo, qplanes);
 
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = geo.n;
