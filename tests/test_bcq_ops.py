@@ -93,11 +93,13 @@ def test_gemm_matches_float64_reference(planes, group_size, dtype):
 
 
 @pytest.mark.parametrize("planes", [2, 3])
-def test_gemm_long_k_accumulates_accurately(planes):
-    t, w_t = random_bcq(4096, 64, planes, 128)
+@pytest.mark.parametrize("group_size", [32, 64, 128, 1024, -1])
+def test_gemm_long_k_accumulates_accurately(planes, group_size):
+    # The CPU kernel sweeps K in runs of up to 4 blocks: several small groups per run, large groups split.
+    t, w_t = random_bcq(4096, 64, planes, group_size)
     for rows in (1, 7, 32, 40):
         x = torch.randn(rows, 4096)
-        assert relative_error(gemm(x, t, 128), x.double() @ w_t) < 1e-5
+        assert relative_error(gemm(x, t, group_size), x.double() @ w_t) < 1e-5
 
 
 @pytest.mark.parametrize("group_size", [16, 48, 100, 1000])

@@ -29,14 +29,22 @@ struct BcqLutProblem {
   ScaleType alpha_type;
   const void* offset;        // [groups, n] of offset_type
   ScaleType offset_type;
-  int64_t num_segments;          // runs of 32-input blocks in one group (capped in length)
+  // Segments: consecutive 32-input blocks of one group. Runs: consecutive segments of at most kBcqMaxRunBlocks
+  // blocks in all, which the kernel sweeps over all its columns before it moves on (so small groups share one
+  // sweep, and large ones are split).
+  int64_t num_segments;
   const int64_t* segment_begin;  // [num_segments + 1], in blocks
   const int64_t* segment_group;  // [num_segments]
   const double* x_segment_sums;  // [m, num_segments]: sum of x over each segment's inputs
+  int64_t num_runs;
+  const int64_t* run_begin;      // [num_runs + 1], in segments
   float* y;                      // [m, n] fp32, zeroed by the caller; the kernel accumulates into it
 };
 
 constexpr int64_t kBcqTileColumns = 32;  // columns per work item (N is a multiple of 32)
+// Blocks per run. Each (plane, block) row of a run is a separate memory stream and the run's tables must stay in
+// L1: 4 blocks (12 streams with 3 planes) measured fastest on the build machine, 2 and 8 up to 1.5x slower.
+constexpr int64_t kBcqMaxRunBlocks = 4;
 
 // One instruction-set variant of the kernels.
 struct BcqKernels {

@@ -17,8 +17,9 @@ namespace {
 
 struct BcqVecAvx2 {
   static constexpr int kLanes = 8;
+  static constexpr int kMaxRows = 2;
   static constexpr int kChunkBits = 3;
-  static constexpr int kAccumulators = 8;  // of 16 ymm registers: the rest hold a word, an index and a lookup
+  static constexpr int kAccumulators = 12;  // of 16 ymm registers: the rest hold a word, an index and a lookup
   using F = __m256;
   using I = __m256i;
   static I load_u32(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }

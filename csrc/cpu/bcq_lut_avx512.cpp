@@ -19,6 +19,7 @@ namespace {
 
 struct BcqVecAvx512 {
   static constexpr int kLanes = 16;
+  static constexpr int kMaxRows = 4;
   static constexpr int kChunkBits = 4;
   static constexpr int kAccumulators = 24;  // of 32 zmm registers
   using F = __m512;

@@ -15,6 +15,7 @@ namespace {
 
 struct BcqVecGeneric {
   static constexpr int kLanes = 8;
+  static constexpr int kMaxRows = 4;
   static constexpr int kChunkBits = 3;
   static constexpr int kAccumulators = 12;
   struct F { float v[kLanes]; };

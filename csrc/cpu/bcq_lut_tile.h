@@ -2,8 +2,8 @@
 // compiled per instruction set (bcq_lut_generic.cpp, bcq_lut_avx2.cpp, bcq_lut_avx512.cpp). Include it only
 // after the including file has set its target options; everything here has internal linkage.
 //
-// Vec provides: kLanes, kChunkBits (2^kChunkBits == kLanes: one table per vector), kAccumulators (vector
-// registers the accumulators may take), F (float vector), I (uint32 vector), load_u32, srl<S>,
+// Vec provides: kLanes, kChunkBits (2^kChunkBits == kLanes: one table per vector), kMaxRows (rows of x that
+// share one shift of each plane word), kAccumulators (vector registers the accumulators may take), F (float vector), I (uint32 vector), load_u32, srl<S>,
 // lookup(table, idx) (lane l gets table[low kChunkBits of idx[l]]), add, fma(a, b, c) = a*b + c, set1, load,
 // store, zero, load_half / load_bf16 (kLanes 16-bit floats -> F).
 #pragma once
@@ -33,8 +33,6 @@ struct LutShape {
   static constexpr int kBlockFloats = kChunks * kEntries;
 };
 
-// Rows of x that share one shift of each plane word (the index computation); their accumulators must all fit.
-constexpr int kLutMaxRows = 4;
 // Each thread's prefetch runs this many tiles ahead of its loads (kBcqTileColumns * 4 bytes of each plane row).
 constexpr int64_t kLutPrefetchTiles = 4;
 
@@ -143,26 +141,31 @@ void segment_pass(const BcqLutProblem& p, int64_t s, int64_t n0, int64_t m0, con
   }
 }
 
-// A whole 32-column tile for R rows, in passes of V vectors.
+// A whole 32-column tile for R rows and the segments [s0, s1) of a run, in passes of V vectors. alpha and offset
+// hold the run's groups one after the other ([segment][P][32] and [segment][32]). The y slice of a pass stays in
+// L1 while the run's segments add to it.
 template <class Vec, int P, int R>
-void segment_tile(const BcqLutProblem& p, int64_t s, int64_t n0, int64_t m0, const float* alpha,
-                  const float* offset) {
+void run_tile(const BcqLutProblem& p, int64_t s0, int64_t s1, int64_t n0, int64_t m0, const float* alpha,
+              const float* offset) {
   constexpr int V = lut_vectors<Vec, P, R>();
   constexpr int kPasses = static_cast<int>(kBcqTileColumns) / (V * Vec::kLanes);
   for (int pass = 0; pass < kPasses; ++pass) {
     const int c = pass * V * Vec::kLanes;
-    segment_pass<Vec, P, R, V>(p, s, n0 + c, m0, alpha + c, offset + c);
+    for (int64_t s = s0; s < s1; ++s) {
+      segment_pass<Vec, P, R, V>(p, s, n0 + c, m0, alpha + (s - s0) * P * kBcqTileColumns + c,
+                                 offset + (s - s0) * kBcqTileColumns + c);
+    }
   }
 }
 
-// segment_tile for min(rows, R) rows, the row count chosen at compile time.
-template <class Vec, int P, int R = kLutMaxRows>
-void segment_tile_rows(const BcqLutProblem& p, int64_t rows, int64_t s, int64_t n0, int64_t m0, const float* alpha,
-                       const float* offset) {
+// run_tile for min(rows, R) rows, the row count chosen at compile time.
+template <class Vec, int P, int R = Vec::kMaxRows>
+void run_tile_rows(const BcqLutProblem& p, int64_t rows, int64_t s0, int64_t s1, int64_t n0, int64_t m0,
+                   const float* alpha, const float* offset) {
   if constexpr (R > 1) {
-    if (rows < R) return segment_tile_rows<Vec, P, R - 1>(p, rows, s, n0, m0, alpha, offset);
+    if (rows < R) return run_tile_rows<Vec, P, R - 1>(p, rows, s0, s1, n0, m0, alpha, offset);
   }
-  segment_tile<Vec, P, R>(p, s, n0, m0, alpha, offset);
+  run_tile<Vec, P, R>(p, s0, s1, n0, m0, alpha, offset);
 }
 
 template <class Vec>
@@ -171,6 +174,16 @@ BCQ_ALWAYS_INLINE typename Vec::F load_float_vector(const void* base, ScaleType 
     case ScaleType::kHalf: return Vec::load_half(static_cast<const uint16_t*>(base) + i);
     case ScaleType::kBFloat16: return Vec::load_bf16(static_cast<const uint16_t*>(base) + i);
     default: return Vec::load(static_cast<const float*>(base) + i);
+  }
+}
+
+// Prefetches the kBcqTileColumns floats of type `type` at base[i] (one 64-byte line of 16-bit floats, two of fp32).
+inline void prefetch_floats(const void* base, ScaleType type, int64_t i) {
+  if (type == ScaleType::kFloat) {
+    __builtin_prefetch(static_cast<const float*>(base) + i);
+    __builtin_prefetch(static_cast<const float*>(base) + i + 16);
+  } else {
+    __builtin_prefetch(static_cast<const uint16_t*>(base) + i);
   }
 }
 
@@ -185,19 +198,20 @@ void load_group(const BcqLutProblem& p, int64_t g, int64_t n0, float* alpha, flo
   }
 }
 
-// Segment-major order, like the uniform kernel: each thread sweeps its columns segment by segment, so the
-// segment's tables (a few KB per row) stay in L1 while the plane words stream through once.
+// Run-major order, like the uniform kernel's segment-major order: each thread sweeps its columns run by run, so
+// a run's tables (a few KB per row) stay in L1 while its plane words stream through once.
 template <class Vec, int P>
 void lut_tiles(const BcqLutProblem& p, int64_t tile_begin, int64_t tile_end) {
-  alignas(64) float alpha[P * kBcqTileColumns];
-  alignas(64) float offset[kBcqTileColumns];
+  alignas(64) float alpha[kBcqMaxRunBlocks * P * kBcqTileColumns];
+  alignas(64) float offset[kBcqMaxRunBlocks * kBcqTileColumns];
   const int64_t plane_stride = p.k / core::kBlockValues * p.n;
-  for (int64_t s = 0; s < p.num_segments; ++s) {
-    const int64_t b0 = p.segment_begin[s], b1 = p.segment_begin[s + 1];
+  for (int64_t run = 0; run < p.num_runs; ++run) {
+    const int64_t s0 = p.run_begin[run], s1 = p.run_begin[run + 1];
+    const int64_t b0 = p.segment_begin[s0], b1 = p.segment_begin[s1];
     for (int64_t t = tile_begin; t < tile_end; ++t) {
       const int64_t n0 = t * kBcqTileColumns;
       if (t + kLutPrefetchTiles < tile_end) {
-        // Every (plane, block) row of the segment is its own stream through memory: more than the hardware
+        // Every (plane, block) row of the run is its own stream through memory: more than the hardware
         // prefetchers track, so ask for the tile kLutPrefetchTiles ahead explicitly (two 64-byte lines).
         const uint32_t* ahead = p.qplanes + n0 + kLutPrefetchTiles * kBcqTileColumns;
         for (int i = 0; i < P; ++i) {
@@ -206,10 +220,20 @@ void lut_tiles(const BcqLutProblem& p, int64_t tile_begin, int64_t tile_end) {
             __builtin_prefetch(ahead + i * plane_stride + b * p.n + 16);
           }
         }
+        // So are the alpha and offset rows of each group (with small groups, as many streams as the planes).
+        const int64_t n_ahead = n0 + kLutPrefetchTiles * kBcqTileColumns;
+        for (int64_t s = s0; s < s1; ++s) {
+          const int64_t g = p.segment_group[s];
+          for (int i = 0; i < P; ++i) prefetch_floats(p.alpha, p.alpha_type, (g * P + i) * p.n + n_ahead);
+          prefetch_floats(p.offset, p.offset_type, g * p.n + n_ahead);
+        }
       }
-      load_group<Vec, P>(p, p.segment_group[s], n0, alpha, offset);
-      for (int64_t m0 = 0; m0 < p.m; m0 += kLutMaxRows) {
-        segment_tile_rows<Vec, P>(p, p.m - m0, s, n0, m0, alpha, offset);
+      for (int64_t s = s0; s < s1; ++s) {
+        load_group<Vec, P>(p, p.segment_group[s], n0, alpha + (s - s0) * P * kBcqTileColumns,
+                           offset + (s - s0) * kBcqTileColumns);
+      }
+      for (int64_t m0 = 0; m0 < p.m; m0 += Vec::kMaxRows) {
+        run_tile_rows<Vec, P>(p, p.m - m0, s0, s1, n0, m0, alpha, offset);
       }
     }
   }

@@ -27,9 +27,6 @@ namespace {
 // dequantize + BLAS, as for the uniform kernel: at 32 rows, 4096 x 11008, the lookups took a third of the time of
 // dequantize + sgemm on the build machine (AVX-512).
 constexpr int64_t kLutMaxRowsFused = 32;
-// Segments longer than this many 32-input blocks are split, so that one segment's tables (a few KB per row)
-// stay in L1 while every column tile reads them; only group_size -1 and groups > 256 are affected.
-constexpr int64_t kMaxSegmentBlocks = 8;
 // Columns per dequantized tile of the large-batch path: K * tile width floats stay within this many bytes.
 constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
 
@@ -111,17 +108,20 @@ at::Tensor lut_gemv(const core::BcqGeometry& geo, const at::Tensor& x, const at:
   const int64_t m = x.size(0), kblocks = geo.k / core::kBlockValues;
   const float* xp = x.data_ptr<float>();
 
-  // Segments: runs of blocks in one group, at most kMaxSegmentBlocks long.
-  std::vector<int64_t> segment_begin, segment_group;
+  // Segments (blocks of one group) and runs (segments of at most kBcqMaxRunBlocks blocks in all; see bcq_lut.h).
+  std::vector<int64_t> segment_begin, segment_group, run_begin;
   for (int64_t b = 0; b < kblocks; ++b) {
     const int64_t g = core::bcq_block_group(b, geo.group_size);
-    if (segment_group.empty() || segment_group.back() != g || b - segment_begin.back() == kMaxSegmentBlocks) {
+    const bool new_run = run_begin.empty() || b - segment_begin[run_begin.back()] == kBcqMaxRunBlocks;
+    if (new_run || segment_group.back() != g) {
+      if (new_run) run_begin.push_back(static_cast<int64_t>(segment_group.size()));
       segment_begin.push_back(b);
       segment_group.push_back(g);
     }
   }
   segment_begin.push_back(kblocks);
   const int64_t num_segments = static_cast<int64_t>(segment_group.size());
+  run_begin.push_back(num_segments);
   // Per-row sums of x over each segment (the offset's term), in double: the offset and plane terms can be much
   // larger than their sum.
   std::vector<double> x_sums(m * num_segments);
@@ -154,6 +154,8 @@ at::Tensor lut_gemv(const core::BcqGeometry& geo, const at::Tensor& x, const at:
   p.segment_begin = segment_begin.data();
   p.segment_group = segment_group.data();
   p.x_segment_sums = x_sums.data();
+  p.num_runs = static_cast<int64_t>(run_begin.size()) - 1;
+  p.run_begin = run_begin.data();
   p.y = y.data_ptr<float>();
   at::parallel_for(0, geo.n / kBcqTileColumns, 1, [&](int64_t t0, int64_t t1) { kernel.tiles(p, t0, t1); });
   return y;
