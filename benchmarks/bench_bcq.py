@@ -9,10 +9,14 @@ not inflate it); with more threads, wall time (time.perf_counter).
 
     python benchmarks/bench_bcq.py                          # 1 and all threads, batch 1 and 16
     python benchmarks/bench_bcq.py --threads 1 --batches 1 --rounds 50
+    GPTQ_KERNELS_CPU_ISA=avx2 python benchmarks/bench_bcq.py --out benchmarks/results --append   # another ISA
+
+GPTQ_KERNELS_CPU_ISA (generic, avx2, avx512) forces the instruction set of both our kernels (BCQ and uniform).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -48,6 +52,14 @@ def random_bcq(k, n, planes, group_size):
     groups = -(-k // group_size)
     return (torch.randint(-2**31, 2**31 - 1, (planes, k // 32, n), dtype=torch.int32),
             (torch.rand(groups, planes, n) * 0.01 + 0.001).half(), (torch.randn(groups, n) * 0.01).half())
+
+
+def best_isa() -> str:
+    """The instruction set our kernels pick on this CPU without GPTQ_KERNELS_CPU_ISA (cpu/bcq_ops.cpp)."""
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if {"avx2", "fma", "f16c"} <= set(flags) else "generic"
 
 
 def time_interleaved(contenders, rounds, clock, warmup=3):
@@ -86,7 +98,8 @@ def main():
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=31, help="timed rounds per contender (medians reported)")
     parser.add_argument("--out", default=None, help="write bench_bcq.json and bench_bcq.txt to this directory "
-                                                    f"(the recorded run used {os.path.relpath(RESULTS)})")
+                                                    f"(the recorded runs used {os.path.relpath(RESULTS)})")
+    parser.add_argument("--append", action="store_true", help="add this run to the files in --out")
     args = parser.parse_args()
     if not ops.has_kernel("cpu", "bcq_gemm"):
         sys.exit("the compiled CPU kernels are not available: build with `make build`")
@@ -100,9 +113,9 @@ def main():
     header = machine_header(torch.get_num_threads())
     header["command"] = "python " + " ".join(sys.argv)
     header["torch"] = torch.__version__
-    header["isa"] = os.environ.get("GPTQ_KERNELS_CPU_ISA") or torch.backends.cpu.get_cpu_capability()
+    header["isa"] = os.environ.get("GPTQ_KERNELS_CPU_ISA") or best_isa()
     log(f"gptq_kernels {gptq_kernels.__version__} BCQ CPU benchmark | {header['cpu']} | commit {header['commit']} | "
-        f"{header['date']} | torch {torch.__version__} ({header['isa']})")
+        f"{header['date']} | torch {torch.__version__} | our kernels: {header['isa']}")
     log(f"command: {header['command']}")
     log(f"group_size={args.group_size}; fp32 activations; medians of {args.rounds} interleaved rounds; "
         "1 thread: thread CPU time, more: wall time; in brackets: time / time of the uniform kernel of the same bits")
@@ -131,9 +144,14 @@ def main():
                                  "vs_uniform_same_bits": ratio})
                 log(f"| {k} x {n} | {batch} | {threads} | " + " | ".join(cells) + " |")
     if args.out:
-        write_json(os.path.join(args.out, "bench_bcq.json"), {**header, "group_size": args.group_size, "rows": rows})
-        with open(os.path.join(args.out, "bench_bcq.txt"), "w") as f:
-            f.write("\n".join(lines) + "\n")
+        json_path = os.path.join(args.out, "bench_bcq.json")
+        runs = []
+        if args.append and os.path.exists(json_path):
+            with open(json_path) as f:
+                runs = json.load(f)["runs"]
+        write_json(json_path, {"runs": runs + [{**header, "group_size": args.group_size, "rows": rows}]})
+        with open(os.path.join(args.out, "bench_bcq.txt"), "a" if args.append else "w") as f:
+            f.write(("\n" if args.append else "") + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
