@@ -6,6 +6,16 @@
 
 namespace gptq_kernels {
 namespace core {
+
+// The bit helpers of core/bcq.h, checked at compile time (the CUDA kernels use the same functions).
+static_assert(plane_nibble(0x87654321u, 0) == 0x1 && plane_nibble(0x87654321u, 7) == 0x8, "nibble q = bits 4q..4q+3");
+static_assert(plane_byte(0x87654321u, 1) == 0x43 && plane_bits(0xC0000000u, 30, 3) == 0x3, "byte b = bits 8b..8b+7");
+static_assert(plane_sign(0x20u, 5) == 1.0f && plane_sign(0x20u, 4) == -1.0f, "bit 1 means +1, 0 means -1");
+static_assert(plane_sign_mask(0x1u, 0) == 0u && plane_sign_mask(0x1u, 31) == 0x80000000u, "mask negates for bit 0");
+static_assert(bcq_groups_align_to_blocks(576, 128) && bcq_groups_align_to_blocks(576, 1000) &&
+                  !bcq_groups_align_to_blocks(576, 48) && bcq_block_group(5, 64) == 2,
+              "groups on 32-input block boundaries");
+
 namespace {
 
 void check_float_tensor(const char* op, const char* name, const at::Tensor& t, const at::Tensor& qplanes) {
