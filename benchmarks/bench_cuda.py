@@ -1,4 +1,5 @@
-"""CUDA benchmark: the fused GPTQ gemm against cuBLAS fp16 (F.linear) and PyTorch's int4 kernel, same run.
+"""CUDA benchmark: the fused GPTQ gemm (and the binary-coded bcq_gemm) against cuBLAS fp16 (F.linear) and PyTorch's
+int4 kernel, same run.
 
 Shapes are the linear layers of Llama-2-7B, Llama-3-8B and Llama-2-70B (K x N = in x out features). For each
 shape and batch every contender is captured into a CUDA graph of several calls and the graph is replayed
@@ -84,6 +85,20 @@ def gptq_bytes(k: int, n: int, bits: int, group_size: int) -> int:
     return k * n * bits // 8 + groups * n * 2 + groups * n * bits // 8
 
 
+def random_bcq(k: int, n: int, planes: int, group_size: int):
+    """Random sign planes, alpha and offset of a binary-coded (BCQ) layer; the values do not matter for speed."""
+    groups = -(-k // group_size)
+    qplanes = torch.randint(-2**31, 2**31 - 1, (planes, k // 32, n), dtype=torch.int32, device="cuda")
+    alpha = (torch.rand(groups, planes, n, device="cuda") * 0.01 + 0.001).half()
+    offset = (torch.randn(groups, n, device="cuda") * 0.01).half()
+    return qplanes, alpha, offset
+
+
+def bcq_bytes(k: int, n: int, planes: int, group_size: int) -> int:
+    groups = -(-k // group_size)
+    return k * n * planes // 8 + groups * n * 2 * (planes + 1)
+
+
 def int4mm_weights(k: int, n: int, group_size: int, copies: int):
     """PyTorch's tinygemm int4 weights, or the reason they cannot be built. The packing op changed signature
     across versions (int32 [N, K] before 2.5, uint8 [N, K/2] after), so both are tried."""
@@ -151,11 +166,13 @@ def time_contenders(contenders, rounds: int, warmup: int = 2):
     return {name: statistics.median(v) for name, v in samples.items()}, {n: g for n, (_, _, g) in runners.items()}
 
 
-def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log):
+def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq_planes=()):
     fp16_bytes = k * n * 2
     dense = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(copies_for(fp16_bytes))]
     ours = {bits: [random_gptq(k, n, bits, group_size) for _ in range(copies_for(gptq_bytes(k, n, bits, group_size)))]
             for bits in bits_list}
+    bcq = {planes: [random_bcq(k, n, planes, group_size)
+                    for _ in range(copies_for(bcq_bytes(k, n, planes, group_size)))] for planes in bcq_planes}
     int4_bytes = k * n // 2 + (k // group_size) * n * 4
     int4, int4_error = (None, "4-bit not benchmarked") if 4 not in bits_list else \
         int4mm_weights(k, n, group_size, copies_for(int4_bytes))
@@ -181,6 +198,11 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log):
             contenders[name] = (lambda i, layers=layers, bits=bits: ops.gemm(
                 xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), max(MIN_CALLS, len(layers)))
             nbytes[name] = gptq_bytes(k, n, bits, group_size)
+        for planes, layers in bcq.items():
+            name = f"bcq {planes}-plane"
+            contenders[name] = (lambda i, layers=layers: ops.bcq_gemm(
+                xs[i % len(xs)], *layers[i % len(layers)], None, group_size), max(MIN_CALLS, len(layers)))
+            nbytes[name] = bcq_bytes(k, n, planes, group_size)
         times, graphed = time_contenders(contenders, rounds)
         base = times["cuBLAS fp16"]
         for name, t in times.items():
@@ -202,9 +224,10 @@ def print_table(results, copy_gbps, log):
 def print_summary(results, copy_gbps, log):
     """One line per shape and batch: speedup of every contender over cuBLAS fp16, and the 4-bit kernel's share of
     the copy bandwidth (the acceptance criteria of issue #4 read straight off this table)."""
-    kernels = [k for k in ("torch int4 (bf16)", "gptq 2-bit", "gptq 3-bit", "gptq 4-bit", "gptq 8-bit")
-               if any(r["kernel"] == k for r in results)]
-    short = {"torch int4 (bf16)": "int4", "gptq 2-bit": "2b", "gptq 3-bit": "3b", "gptq 4-bit": "4b", "gptq 8-bit": "8b"}
+    kernels = [k for k in ("torch int4 (bf16)", "gptq 2-bit", "gptq 3-bit", "gptq 4-bit", "gptq 8-bit", "bcq 2-plane",
+                           "bcq 3-plane") if any(r["kernel"] == k for r in results)]
+    short = {"torch int4 (bf16)": "int4", "gptq 2-bit": "2b", "gptq 3-bit": "3b", "gptq 4-bit": "4b", "gptq 8-bit": "8b",
+             "bcq 2-plane": "bcq2", "bcq 3-plane": "bcq3"}
     log("\nsummary: speedup vs cuBLAS fp16 (fp16 column in us); 4b %copy = 4-bit weight GB/s / copy GB/s")
     log(f"{'shape':>12} {'batch':>5} {'fp16 us':>9}" + "".join(f"{short[k]:>7}" for k in kernels) + f"{'4b %copy':>10}")
     by_key = {}
@@ -254,6 +277,8 @@ def main():
                         help="comma-separated KxN (in_features x out_features)")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
     parser.add_argument("--bits", default="2,3,4,8", help="comma-separated bit widths of our kernel")
+    parser.add_argument("--bcq-planes", default="2,3",
+                        help="comma-separated plane counts of the binary-coded (bcq_gemm) contenders; empty for none")
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds per contender (medians reported)")
     parser.add_argument("--max-minutes", type=float, default=None,
@@ -287,7 +312,8 @@ def main():
     for shape in args.shapes.split(","):
         k, n = (int(v) for v in shape.lower().split("x"))
         log(f"K={k} N={n} ...")
-        shape_results = bench_shape(k, n, batches, bits_list, args.group_size, args.rounds, deadline, log)
+        bcq_planes = [int(p) for p in args.bcq_planes.split(",") if p] if ops.has_kernel("cuda", "bcq_gemm") else []
+        shape_results = bench_shape(k, n, batches, bits_list, args.group_size, args.rounds, deadline, log, bcq_planes)
         print_table(shape_results, copy_gbps, log)
         results += shape_results
         torch.cuda.empty_cache()

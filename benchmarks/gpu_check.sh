@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet; python3 with torch+CUDA, nvcc, pytest preinstalled):
 # builds the extension for sm_90, runs the GPU tests, compute-sanitizer (memcheck and racecheck) on a small
-# script that runs every kernel, then the benchmark with whatever time is left. Everything lands in $OUT
+# script that runs every kernel (GPTQ and BCQ), then the benchmark with whatever time is left. Everything lands in $OUT
 # (default ./gpu_results): one log per phase, phases.log with timestamps, bench_cuda.{json,txt,png}.
 #
 #   bash benchmarks/gpu_check.sh                 # the whole check, about 9 minutes at most
@@ -51,7 +51,8 @@ if [ $status -ne 0 ]; then
   phase "build failed: nothing else can run"
   exit 1
 fi
-run pytest 200 "$PY" -m pytest -q -m cuda tests --junitxml "$OUT/pytest.xml" -p no:cacheprovider
+# Every test marked cuda: tests/test_cuda.py (GPTQ ops) and tests/test_bcq_cuda.py (binary-coded ops, BCQLinear).
+run pytest 240 "$PY" -m pytest -q -m cuda tests --junitxml "$OUT/pytest.xml" -p no:cacheprovider
 # The same matmul tests with the tensor-core kernel switched off: batches of 9 to 32 rows then take the GEMV
 # kernel in row tiles, the path that stays when the tensor-core kernel cannot run.
 GPTQ_KERNELS_NO_MMA=1 run pytest_no_mma 60 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider \

@@ -5,6 +5,9 @@
 Covers pack, unpack, dequantize (3 output dtypes), the GEMV kernel (1, 2, 4 and 8 rows per CTA), the tensor-core
 kernel (16, 32 and 64 rows per CTA, two row tiles), each with and without split-K, a partial column tile, the
 per-row group path of unsorted act-order g_idx and a bias, and the dequantize + cuBLAS path. Also checks the results loosely, so a run that computes garbage fails too.
+The BCQ ops too: bcq_dequantize (1 to 3 planes, groups inside and on 32-input blocks) and bcq_gemm's
+lookup-table kernel (2 and 3 planes, 1, 2 and 4 rows per CTA, fp16/bf16/fp32, with and without split-K) and its
+dequantize + cuBLAS path.
 """
 import os
 import sys
@@ -12,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gptq_kernels import ops, reference  # noqa: E402
+from gptq_kernels import bcq_format, ops, reference  # noqa: E402
 
 
 def layer(k, n, bits, group_size, act_order=False, scale_dtype=torch.float16):
@@ -30,6 +33,31 @@ def check(y, x, w_t, bias=None):
     expected = x.double() @ w_t + (0 if bias is None else bias.double())
     err = ((y.double() - expected).norm() / expected.norm()).item()
     assert err < 2e-2, f"relative error {err}"
+
+
+def bcq_layer(k, n, planes, group_size):
+    groups = bcq_format.num_groups(k, group_size)
+    qplanes = torch.randint(-2**31, 2**31 - 1, (planes, k // 32, n), dtype=torch.int32, device="cuda")
+    alpha = (torch.rand(groups, planes, n, device="cuda") * 0.02 + 0.001).half()
+    offset = (torch.randn(groups, n, device="cuda") * 0.01).half()
+    return qplanes, alpha, offset
+
+
+def bcq():
+    for planes in (2, 3, 1):
+        for k, n, group_size in ((576, 96, 128), (4096, 160, 32), (576, 96, 48)):
+            w = bcq_layer(k, n, planes, group_size)
+            w_t = bcq_format.dequantize(*w, None, group_size, dtype=torch.float64)
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                d = ops.bcq_dequantize(w[0], w[1].to(dtype), w[2].to(dtype), group_size)
+                assert torch.isfinite(d).all()
+            bias = torch.randn(n, device="cuda", dtype=torch.float16)
+            for rows in (1, 2, 3, 5, 8, 9, 40):
+                for dtype in ((torch.float16, torch.bfloat16, torch.float32) if rows in (1, 5) else (torch.float16,)):
+                    x = torch.randn(rows, k, device="cuda", dtype=dtype)
+                    check(ops.bcq_gemm(x, *w, bias, group_size), x, w_t, bias)
+                    check(ops.bcq_gemm(x, *w, None, group_size), x, w_t)
+        print(f"sanitize_cuda: bcq {planes} planes done", flush=True)
 
 
 def main():
@@ -55,6 +83,7 @@ def main():
     w = layer(576, 96, 4, 128)
     w_t = reference.dequantize(*w, 4, 128, dtype=torch.float64)
     check(ops.gemm(x, *w, None, 4, 128), x, w_t)  # fp32 activations: dequantize + cuBLAS
+    bcq()
     torch.cuda.synchronize()
     print("sanitize_cuda: all kernels ran")
 

@@ -39,4 +39,14 @@ TORCH_LIBRARY(gptq_kernels, m) {
   // caller applies W[:, end:] -= err @ U[start:end, end:]. Scales are rounded to scale_dtype before use.
   m.def("gptq_block(Tensor weight, Tensor hinv, int bits, bool sym, int group_size, int column_offset,"
         " Tensor? scale, Tensor? zero, ScalarType scale_dtype) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // Binary-coded (BCQ) weights, GPTQT's inference format (gptq_kernels/bcq_format.py, csrc/core/bcq.h):
+  // qplanes int32 [planes, K/32, N] (bit j of qplanes[i, w, n] is plane i's sign for input 32w+j, 1 = +1,
+  // 0 = -1; 1 <= planes <= 8), alpha [G, planes, N] and offset [G, N] float16/bfloat16/float32, and
+  // W^T[k, n] = sum_i alpha[g, i, n] * s_i[k, n] + offset[g, n] with g = k / group_size (-1: one group).
+  // Groups are contiguous: act-order layers are stored sorted by group (BCQLinear does it at load).
+  // W^T as a dense [K, N] tensor of alpha's dtype.
+  m.def("bcq_dequantize(Tensor qplanes, Tensor alpha, Tensor offset, int group_size) -> Tensor");
+  // y = x @ W^T + bias for x [..., K] (float16/bfloat16/float32, any strides); y [..., N] has x's dtype.
+  m.def("bcq_gemm(Tensor x, Tensor qplanes, Tensor alpha, Tensor offset, Tensor? bias, int group_size) -> Tensor");
 }

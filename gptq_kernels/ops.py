@@ -79,6 +79,20 @@ def gptq_block(weight: torch.Tensor, hinv: torch.Tensor, bits: int, sym: bool, g
                                             scale_dtype)
 
 
+def bcq_dequantize(qplanes: torch.Tensor, alpha: torch.Tensor, offset: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Binary-coded weight (gptq_kernels.bcq_format) -> W^T as a dense [K, N] tensor of alpha's dtype."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.bcq_dequantize(qplanes, alpha, offset, group_size)
+
+
+def bcq_gemm(x: torch.Tensor, qplanes: torch.Tensor, alpha: torch.Tensor, offset: torch.Tensor,
+             bias: Optional[torch.Tensor], group_size: int) -> torch.Tensor:
+    """y = x @ W^T + bias for a binary-coded W and x [..., K]; y [..., N] in x's dtype. Groups are contiguous
+    (g = k // group_size): act-order layers must be sorted by group first, as BCQLinear does."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.bcq_gemm(x, qplanes, alpha, offset, bias, group_size)
+
+
 def _check_bits(bits: int) -> None:
     torch._check(bits in (2, 3, 4, 8), lambda: f"bits must be 2, 3, 4 or 8, got {bits}")
 
@@ -121,6 +135,29 @@ if _IMPORT_ERROR is None:
         return (weight.new_empty(weight.shape, dtype=torch.int32), torch.empty_like(weight),
                 torch.empty_like(weight), torch.empty_like(weight), torch.empty_like(weight))
 
+    def _check_bcq_weight(qplanes, alpha, offset, group_size):
+        torch._check(qplanes.dim() == 3, lambda: "qplanes must be 3-D [planes, K/32, N]")
+        planes, k, n = qplanes.shape[0], qplanes.shape[1] * 32, qplanes.shape[2]
+        torch._check(1 <= planes <= 8, lambda: f"qplanes has {planes} planes, expected 1 to 8")
+        torch._check(group_size == -1 or group_size > 0, lambda: f"group_size must be -1 or positive, got {group_size}")
+        groups = 1 if group_size == -1 else (k + group_size - 1) // group_size
+        torch._check(alpha.dim() == 3 and alpha.shape[0] == groups and alpha.shape[1] == planes
+                     and alpha.shape[2] == n, lambda: f"alpha must be [{groups}, {planes}, {n}], got {tuple(alpha.shape)}")
+        torch._check(offset.dim() == 2 and offset.shape[0] == groups and offset.shape[1] == n,
+                     lambda: f"offset must be [{groups}, {n}], got {tuple(offset.shape)}")
+
+    @torch.library.register_fake("gptq_kernels::bcq_dequantize")
+    def _bcq_dequantize_fake(qplanes, alpha, offset, group_size):
+        _check_bcq_weight(qplanes, alpha, offset, group_size)
+        return alpha.new_empty((qplanes.shape[1] * 32, qplanes.shape[2]))
+
+    @torch.library.register_fake("gptq_kernels::bcq_gemm")
+    def _bcq_gemm_fake(x, qplanes, alpha, offset, bias, group_size):
+        _check_bcq_weight(qplanes, alpha, offset, group_size)
+        k = qplanes.shape[1] * 32
+        torch._check(x.shape[-1] == k, lambda: f"x has {x.shape[-1]} features, the weight has K = {k}")
+        return x.new_empty((*x.shape[:-1], qplanes.shape[2]))
+
     # Autograd for gemm: gradients flow to x and bias (the packed weight is integer, so it has none). This also
     # makes the compiled kernel run below autograd, where its internal ATen calls record nothing.
     def _gemm_setup_context(ctx, inputs, output):
@@ -141,3 +178,24 @@ if _IMPORT_ERROR is None:
         return grad_x, None, None, None, None, grad_bias, None, None
 
     torch.library.register_autograd("gptq_kernels::gemm", _gemm_backward, setup_context=_gemm_setup_context)
+
+    # The same for bcq_gemm: gradients flow to x and bias; the sign planes are integer.
+    def _bcq_gemm_setup_context(ctx, inputs, output):
+        x, qplanes, alpha, offset, bias, group_size = inputs
+        ctx.save_for_backward(qplanes, alpha, offset)
+        ctx.group_size = group_size
+        ctx.x_dtype = x.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+
+    def _bcq_gemm_backward(ctx, grad):
+        qplanes, alpha, offset = ctx.saved_tensors
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            w_t = torch.ops.gptq_kernels.bcq_dequantize(qplanes, alpha, offset, ctx.group_size)
+            grad_x = (grad.float() @ w_t.float().t()).to(ctx.x_dtype)
+        if ctx.needs_input_grad[4]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).float().sum(0).to(ctx.bias_dtype)
+        return grad_x, None, None, None, grad_bias, None
+
+    torch.library.register_autograd("gptq_kernels::bcq_gemm", _bcq_gemm_backward,
+                                    setup_context=_bcq_gemm_setup_context)
