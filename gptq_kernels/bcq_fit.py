@@ -9,7 +9,7 @@ assignment from several starts and keeps the best result per row; see fit_binary
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -64,10 +64,13 @@ def fit_binary_coding(values: torch.Tensor, weights: Optional[torch.Tensor], pla
 
     Starts: (1) the uniform 2^planes grid over the row's whole value range, so values that such a grid
     holds (e.g. the integers 0..2^b-1 with planes == b) are reproduced exactly; (2) greedy residual
-    binarisation (alpha_i = weighted mean |residual|, largest first); (3) the optimal free 2^planes-level quantizer (weighted 1-D k-means, exact by dynamic programming)
-    projected on binary codings by least squares, once per level order a coding can have. Each start is
-    refined by `iterations` rounds of (codes fixed: weighted least squares for offset and alpha; coding fixed:
-    every value to its nearest level), and the best coding seen is returned in canonical form.
+    binarisation (alpha_i = weighted mean |residual|, largest first); (3) the optimal free 2^planes-level
+    quantizer (weighted 1-D k-means, exact by dynamic programming) projected on binary codings by least
+    squares, once per level order a coding can have; (4) the same with 2^planes - 1 clusters given all codes
+    but the lowest, or all but the highest (optimal codings often leave an outer level unused: the levels'
+    additive structure puts it where no value is). Each start is refined by `iterations` rounds of (codes
+    fixed: weighted least squares for offset and alpha; coding fixed: every value to its nearest level), and
+    the best coding seen is returned in canonical form.
     """
     bcq_format.check_planes(planes)
     if values.dim() != 2:
@@ -83,10 +86,10 @@ def fit_binary_coding(values: torch.Tensor, weights: Optional[torch.Tensor], pla
     design = _design(planes, dtype, v.device)
 
     starts = [_uniform_start(v.amin(-1), v.amax(-1), planes), _greedy_start(v, w, planes)]
-    clusters = _kmeans_1d(v, w, 1 << planes)
+    full, fewer = _kmeans_1d(v, w, 1 << planes)
     for order in _level_orders(planes):
-        codes = torch.tensor(order, device=v.device)[clusters]
-        starts.append(_least_squares(v, w, codes, design))
+        for clusters, codes in ((full, order), (fewer, order[1:]), (fewer, order[:-1])):
+            starts.append(_least_squares(v, w, torch.tensor(codes, device=v.device)[clusters], design))
 
     # All starts side by side: S * M rows.
     alpha = torch.cat([a for a, _ in starts])
@@ -154,24 +157,25 @@ def _level_orders(planes: int) -> List[List[int]]:
 def _least_squares(v: torch.Tensor, w: torch.Tensor, codes: torch.Tensor, design: torch.Tensor):
     """(alpha, offset) minimising the weighted error with every value's code fixed.
 
-    The normal equations need only each code's total weight and weighted sum. A relative ridge of 1e-7
-    (float32; 1e-12 in float64) keeps them solvable when a plane's sign is the same for every value, where
-    that plane's alpha is otherwise undetermined.
+    The normal equations need only each code's total weight and weighted sum; they are solved in float64
+    with a relative ridge of 1e-10, which keeps them solvable when a plane has the same sign for every value
+    (that plane's alpha is then undetermined and the ridge sets it to about 0).
     """
     mass = torch.zeros(v.shape[0], design.shape[0], dtype=v.dtype, device=v.device).scatter_add_(-1, codes, w)
     moment = torch.zeros_like(mass).scatter_add_(-1, codes, w * v)
     p = design.shape[1]
-    gram = (mass @ (design[:, :, None] * design[:, None, :]).view(-1, p * p)).view(-1, p, p)
-    scale = gram.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(torch.finfo(v.dtype).tiny)
-    ridge = (1e-12 if v.dtype == torch.float64 else 1e-7) * torch.eye(p, dtype=v.dtype, device=v.device)
-    theta = torch.linalg.solve(gram + scale[:, None, None] * ridge, moment @ design)
+    gram = (mass @ (design[:, :, None] * design[:, None, :]).view(-1, p * p)).view(-1, p, p).double()
+    scale = gram.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-300)
+    ridge = 1e-10 * torch.eye(p, dtype=torch.float64, device=v.device)
+    theta = torch.linalg.solve(gram + scale[:, None, None] * ridge, (moment @ design).double()).to(v.dtype)
     return theta[:, 1:], theta[:, 0]
 
 
-def _kmeans_1d(v: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
-    """Cluster (0..k-1 by ascending value) of each value of every row of v [M, P] under the optimal weighted
-    k-means. In one dimension optimal clusters are runs of the sorted values, so dynamic programming over
-    run boundaries finds the optimum exactly in O(k P^2) per row; P is 2^intermediate_bits here."""
+def _kmeans_1d(v: torch.Tensor, w: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cluster (by ascending value) of each value of every row of v [M, P] under the optimal weighted k-means
+    with k clusters, and with k - 1. In one dimension optimal clusters are runs of the sorted values, so
+    dynamic programming over run boundaries finds both exactly in O(k P^2) per row (P = 2^intermediate_bits
+    here)."""
     rows, points = v.shape
     order = torch.argsort(v, dim=-1)
     vs, ws = v.gather(-1, order), w.gather(-1, order)
@@ -190,12 +194,15 @@ def _kmeans_1d(v: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
     for _ in range(k - 1):  # one more cluster: values up to i as before, then i..j-1
         best, arg = (best[:, :, None] + cost).min(dim=1)
         starts.append(arg)
-    # Walk back from the end: where each cluster starts, last cluster first.
-    sorted_clusters = torch.empty(rows, points, dtype=torch.long, device=v.device)
     position = torch.arange(points, device=v.device).expand(rows, points)
-    end = torch.full((rows,), points, dtype=torch.long, device=v.device)
-    for c in range(k - 1, -1, -1):
-        begin = starts[c - 1].gather(1, end[:, None])[:, 0] if c > 0 else torch.zeros_like(end)
-        sorted_clusters[(position >= begin[:, None]) & (position < end[:, None])] = c
-        end = begin
-    return torch.empty_like(sorted_clusters).scatter_(1, order, sorted_clusters)
+
+    def walk_back(count):  # where each of `count` clusters starts, last cluster first
+        sorted_clusters = torch.empty(rows, points, dtype=torch.long, device=v.device)
+        end = torch.full((rows,), points, dtype=torch.long, device=v.device)
+        for c in range(count - 1, -1, -1):
+            begin = starts[c - 1].gather(1, end[:, None])[:, 0] if c > 0 else torch.zeros_like(end)
+            sorted_clusters[(position >= begin[:, None]) & (position < end[:, None])] = c
+            end = begin
+        return torch.empty_like(sorted_clusters).scatter_(1, order, sorted_clusters)
+
+    return walk_back(k), walk_back(k - 1)

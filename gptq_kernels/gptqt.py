@@ -189,7 +189,7 @@ def _refit(W: torch.Tensor, codes: torch.Tensor, column_group: torch.Tensor, gro
 
 
 def quantize_weight_gptqt(weight: torch.Tensor, hessian, *, planes: int = 3, intermediate_bits: int = 5,
-                          group_size: int = 128, sym: bool = False, desc_act: bool = False,
+                          group_size: int = 128, sym: bool = True, desc_act: bool = False,
                           static_groups: bool = False, damp_percent: float = 0.01, block_size: int = 128,
                           reexplore: Optional[Sequence[float]] = DEFAULT_REEXPLORE, rounding: str = "nearest",
                           refit: bool = True, name: Optional[str] = None,
