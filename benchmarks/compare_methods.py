@@ -75,19 +75,19 @@ def quality(args) -> list:
 
     if not args.skip_float:
         measure("float32", "-", 32, model, None)
-    for bits in args.bits:
-        for method in args.methods:
-            m = copy.deepcopy(model)
-            print(f"{method.upper()} {bits}-bit g{args.group_size} ...", flush=True)
-            options = dict(bits=bits, group_size=args.group_size, method=method, progress=False)
-            if method == "gptqt":
-                options["intermediate_bits"] = args.intermediate_bits
-            start = time.perf_counter()
-            gk.quantize_model(m, calibration if method != "rtn" else None, **options)
-            name = f"{method.upper()} {bits}-bit" + (f" (from {args.intermediate_bits}-bit)" if method == "gptqt"
-                                                     else "")
-            measure(name, method, bits, m, time.perf_counter() - start)
-            del m
+    runs = [(method, bits) for bits in args.bits for method in args.methods] + args.also
+    for method, bits in runs:
+        m = copy.deepcopy(model)
+        print(f"{method.upper()} {bits}-bit g{args.group_size} ...", flush=True)
+        options = dict(bits=bits, group_size=args.group_size, method=method, progress=False)
+        if method == "gptqt":
+            options["intermediate_bits"] = args.intermediate_bits
+        start = time.perf_counter()
+        gk.quantize_model(m, calibration if method != "rtn" else None, **options)
+        name = f"{method.upper()} {bits}-bit" + (f" (from {args.intermediate_bits}-bit)" if method == "gptqt"
+                                                 else "")
+        measure(name, method, bits, m, time.perf_counter() - start)
+        del m
     return rows
 
 
@@ -157,6 +157,10 @@ def main(argv=None) -> None:
                    help="comma-separated bit widths (default 3,2)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=["rtn", "gptq", "gptqt"],
                    help="comma-separated methods (default rtn,gptq,gptqt)")
+    p.add_argument("--also", type=lambda s: [(x.split(":")[0], int(x.split(":")[1])) for x in s.split(",") if x],
+                   default=[("gptq", 4)],
+                   help="extra method:bits runs, comma-separated, e.g. gptq:4 (the default: GPTQ 4-bit, whose "
+                        "size is near GPTQT 3-bit's); '' for none")
     p.add_argument("--group-size", type=int, default=128, help="group size (default 128)")
     p.add_argument("--intermediate-bits", type=int, default=5, help="GPTQT's first-step bits (default 5)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows (default 32)")
