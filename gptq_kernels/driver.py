@@ -1,4 +1,4 @@
-"""quantize_model: GPTQ (or round-to-nearest) over a Hugging Face decoder model, one decoder layer at a time.
+"""quantize_model: GPTQ, GPTQT or round-to-nearest over a Hugging Face decoder model, one decoder layer at a time.
 
 The decoder layers are found from the model's structure (the largest ModuleList of identical blocks that
 contain linear layers: ``model.layers`` in Llama/Mistral/Qwen, ``model.decoder.layers`` in OPT,
@@ -10,8 +10,8 @@ contain linear layers: ``model.layers`` in Llama/Mistral/Qwen, ``model.decoder.l
    the same input (q/k/v, gate/up), and for each group in order (true-sequential) collects the Hessian of
    the group's input with a forward hook, quantizes the group, and puts the quantized weights in place so
    the next group's Hessian sees the quantized earlier groups;
-3. reruns the quantized layer to get the next layer's inputs, replaces its linears by QuantLinear and moves
-   it back where it was.
+3. reruns the quantized layer to get the next layer's inputs, replaces its linears by QuantLinear (GPTQ, RTN)
+   or BCQLinear (GPTQT, binary-coded) and moves it back where it was.
 
 With ``work_dir`` every finished layer and the next layer's inputs are saved (temporary file, then rename);
 a run with the same work_dir and settings resumes after the last finished layer.
@@ -29,12 +29,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .bcq_linear import BCQLinear
 from .data import TextSource, calibration_samples
 from .gptq import prepare_hessian, quantize_weight
+from .gptqt import DEFAULT_REEXPLORE, BCQWeight, quantize_weight_gptqt
 from .nn import QuantLinear
 from .quantized import QuantizedWeight, quantize_rtn
 
-METHODS = ("gptq", "rtn")
+METHODS = ("gptq", "rtn", "gptqt")
+QUANTIZED_LINEARS = (QuantLinear, BCQLinear)
 
 
 @dataclass
@@ -42,7 +45,7 @@ class LayerReport:
     layer: int
     module: str
     method: str
-    error: Optional[float]  # the GPTQ objective (see GPTQWeight.error); None for round-to-nearest
+    error: Optional[float]  # the GPTQ objective (GPTQWeight.error, BCQWeight.error); None for round-to-nearest
     damp_percent: Optional[float]
     seconds: float
 
@@ -84,7 +87,7 @@ def find_decoder_layers(model: nn.Module) -> Tuple[str, nn.ModuleList]:
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         if len({type(block) for block in module}) != 1 or not any(
-                is_linear(m) or isinstance(m, QuantLinear) for m in module[0].modules()):
+                is_linear(m) or isinstance(m, QUANTIZED_LINEARS) for m in module[0].modules()):
             continue
         size = sum(p.numel() for p in module.parameters())
         if best is None or size > best[2]:
@@ -208,7 +211,7 @@ def _float_stand_in(module: nn.Module, weight: torch.Tensor) -> nn.Linear:
 
 # ------------------------------------------------------------------------------------------ resuming
 _SETTINGS = ("method", "bits", "group_size", "sym", "desc_act", "static_groups", "damp_percent",
-             "true_sequential", "layers")
+             "true_sequential", "layers", "intermediate_bits", "reexplore")
 
 
 def _atomic_save(obj, path: str) -> None:
@@ -224,8 +227,19 @@ def _layer_state(quantized: Dict[str, Tuple[QuantizedWeight, Optional[torch.Tens
 
 def _restore_layer(layer: nn.Module, state: Dict, bits: int, group_size: int, sym: bool, dtype) -> None:
     for name, t in state.items():
-        qw = QuantizedWeight(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], bits, group_size, sym)
-        _set_submodule(layer, name, qw.to_quant_linear(bias=t["bias"], dtype=dtype))
+        if "qplanes" in t:  # binary-coded (GPTQT)
+            tensors = {k: t[k] for k in ("qplanes", "alpha", "offset", "g_idx")}
+            module = BCQLinear.from_tensors(tensors, group_size, bias=t["bias"], dtype=dtype)
+        else:
+            qw = QuantizedWeight(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], bits, group_size, sym)
+            module = qw.to_quant_linear(bias=t["bias"], dtype=dtype)
+        _set_submodule(layer, name, module)
+
+
+def _quantized_module(qw, bias: Optional[torch.Tensor], dtype) -> nn.Module:
+    if isinstance(qw, BCQWeight):
+        return qw.to_linear(bias=bias, dtype=dtype)
+    return qw.to_quant_linear(bias=bias, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------ the driver
@@ -235,6 +249,7 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
                    damp_percent: float = 0.01, true_sequential: bool = True, method: str = "gptq",
                    device=None, work_dir: Optional[str] = None, report_csv: Optional[str] = None,
                    seqlen: int = 512, nsamples: int = 128, block_size: int = 128,
+                   intermediate_bits: int = 5, reexplore: Optional[Sequence[float]] = DEFAULT_REEXPLORE,
                    scale_dtype: torch.dtype = torch.float16, progress: bool = True,
                    on_layer_done: Optional[Callable[[int, List[LayerReport]], None]] = None) -> List[LayerReport]:
     """Quantizes every linear layer inside the decoder layers of `model` in place (lm_head and embeddings stay).
@@ -242,7 +257,9 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
     calibration: token ids (a [n, L] tensor or a list of tensors: one sample each; a 1-D tensor: a stream cut
         into nsamples windows of seqlen), a text, a list of texts or the path of a text file (with tokenizer).
         Not needed for method="rtn".
-    method: "gptq", or "rtn" for the round-to-nearest baseline.
+    method: "gptq"; "gptqt" for GPTQT (binary-coded weights with ``bits`` sign planes, BCQLinear layers; see
+        gptq_kernels.gptqt: intermediate_bits and reexplore apply to it only); "rtn" for the round-to-nearest
+        baseline.
     device: where each layer is quantized (default: where the model is); the rest of the model stays put.
     work_dir: makes the run resumable (see the module docstring).
     on_layer_done: called as on_layer_done(layer_index, report) after each finished (and saved) layer.
@@ -253,9 +270,11 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
     layers_name, layers = find_decoder_layers(model)
     model_device = next(model.parameters()).device
     device = torch.device(device) if device is not None else model_device
+    gptqt = method == "gptqt"
     settings = dict(method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
                     static_groups=static_groups, damp_percent=damp_percent, true_sequential=true_sequential,
-                    layers=len(layers))
+                    layers=len(layers), intermediate_bits=intermediate_bits if gptqt else None,
+                    reexplore=(list(reexplore) if reexplore else None) if gptqt else None)
     report: List[LayerReport] = []
     scales_dtype = scale_dtype
 
@@ -263,9 +282,9 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
     if work_dir is not None:
         first, samples, report = _resume(model, layers, work_dir, settings, scales_dtype)
 
-    if method == "gptq" and samples is None:
+    if method != "rtn" and samples is None:
         if calibration is None:
-            raise ValueError("method='gptq' needs calibration data (token ids, texts or a text file)")
+            raise ValueError(f"method={method!r} needs calibration data (token ids, texts or a text file)")
         tokens = calibration_samples(calibration, tokenizer, nsamples=nsamples, seqlen=seqlen)
         samples = _capture_first_layer_inputs(model, layers, tokens, device)
         if work_dir is not None:
@@ -288,11 +307,16 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
             if method == "rtn":
                 quantized, rows = _rtn_layer(layer, index, bits, group_size, sym, scale_dtype)
             else:
-                quantized, rows, samples = _gptq_layer(layer, index, samples, bits, group_size, sym, desc_act,
-                                                       static_groups, damp_percent, true_sequential, block_size,
-                                                       scale_dtype)
+                options = dict(sym=sym, desc_act=desc_act, static_groups=static_groups, damp_percent=damp_percent,
+                               block_size=block_size, scale_dtype=scale_dtype)
+                if gptqt:
+                    options.update(planes=bits, intermediate_bits=intermediate_bits, reexplore=reexplore)
+                else:
+                    options.update(bits=bits)
+                quantized, rows, samples = _gptq_layer(layer, index, samples, method, bits, group_size,
+                                                       true_sequential, options)
             for name, (qw, bias) in quantized.items():
-                _set_submodule(layer, name, qw.to_quant_linear(bias=bias, dtype=scale_dtype))
+                _set_submodule(layer, name, _quantized_module(qw, bias, scale_dtype))
             layer.to(home)
             report.extend(rows)
             if work_dir is not None:
@@ -308,6 +332,8 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
     model.gptq_kernels_config = dict(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
                                      static_groups=static_groups, damp_percent=damp_percent,
                                      true_sequential=true_sequential, method=method, layers=layers_name)
+    if gptqt:
+        model.gptq_kernels_config.update(intermediate_bits=intermediate_bits, reexplore=settings["reexplore"])
     if report_csv is not None:
         write_report_csv(report, report_csv)
     return report
@@ -351,8 +377,8 @@ def _capture_first_layer_inputs(model, layers, tokens, device):
     return catcher.captured
 
 
-def _gptq_layer(layer, index, samples, bits, group_size, sym, desc_act, static_groups, damp_percent,
-                true_sequential, block_size, scale_dtype):
+def _gptq_layer(layer, index, samples, method, bits, group_size, true_sequential, options):
+    """GPTQ or GPTQT (method) of one decoder layer; options: the keyword arguments of the quantizer."""
     names = quantizable_linears(layer, index)
     sets = _input_sets(layer, names, samples[0])
     stages = [[s] for s in sets] if true_sequential else [sets]
@@ -373,24 +399,28 @@ def _gptq_layer(layer, index, samples, bits, group_size, sym, desc_act, static_g
             hessian = hessians[input_set[0]]
             prepared = None
             if hessian.rows:  # one factorization for every linear reading this input
-                prepared = prepare_hessian(hessian.value(), desc_act=desc_act, damp_percent=damp_percent,
+                prepared = prepare_hessian(hessian.value(), desc_act=options["desc_act"],
+                                           damp_percent=options["damp_percent"],
                                            name=f"layers.{index}.{input_set[0]}")
             for name in input_set:
                 module = layer.get_submodule(name)
                 bias = None if module.bias is None else module.bias.detach()
                 start = time.perf_counter()
+                weight = linear_weight(module).detach()
                 if hessian.rows == 0:  # never reached by the calibration data: nothing to weight the error by
                     warnings.warn(f"layers.{index}.{name}: not reached by the calibration data; quantized with "
                                   "round-to-nearest", RuntimeWarning, stacklevel=3)
-                    qw = quantize_rtn(linear_weight(module).detach().float(), bits, group_size, sym, scale_dtype)
+                    if method == "gptqt":  # the same binary coding, fitted without feedback or weighting
+                        qw = quantize_weight_gptqt(weight, torch.eye(weight.shape[1], device=weight.device),
+                                                   group_size=group_size, **{**options, "desc_act": False,
+                                                                             "damp_percent": 0.0})
+                    else:
+                        qw = quantize_rtn(weight.float(), bits, group_size, options["sym"], options["scale_dtype"])
                     rows.append(LayerReport(index, name, "rtn", None, None, time.perf_counter() - start))
                 else:
-                    qw = quantize_weight(linear_weight(module).detach(), prepared, bits=bits,
-                                         group_size=group_size, sym=sym, desc_act=desc_act,
-                                         static_groups=static_groups, damp_percent=damp_percent,
-                                         block_size=block_size, name=f"layers.{index}.{name}",
-                                         scale_dtype=scale_dtype)
-                    rows.append(LayerReport(index, name, "gptq", qw.error, qw.damp_percent,
+                    quantize = quantize_weight_gptqt if method == "gptqt" else quantize_weight
+                    qw = quantize(weight, prepared, group_size=group_size, name=f"layers.{index}.{name}", **options)
+                    rows.append(LayerReport(index, name, method, qw.error, qw.damp_percent,
                                             time.perf_counter() - start))
                 quantized[name] = (qw, bias)
                 _set_submodule(layer, name, _float_stand_in(module, qw.dequantize(torch.float32)))
