@@ -97,6 +97,29 @@ def prepare_hessian(hessian: torch.Tensor, *, desc_act: bool = False, damp_perce
     return PreparedHessian(dead, perm, R, damp_used)
 
 
+def checked_layer_inputs(weight: torch.Tensor, hessian, *, block_size: int, desc_act: bool, damp_percent: float,
+                         name: Optional[str]) -> "PreparedHessian":
+    """Checks one layer's weight [N, K], Hessian [K, K] (or PreparedHessian) and block size, and prepares the
+    Hessian when it is not prepared yet: the common start of quantize_weight and GPTQT's quantizer."""
+    label = name or "weight"
+    if weight.dim() != 2:
+        raise ValueError(f"{label}: weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
+    rows, columns = weight.shape
+    check_features(columns, rows)
+    size = hessian.cholesky.shape if isinstance(hessian, PreparedHessian) else hessian.shape
+    if tuple(size) != (columns, columns):
+        raise ValueError(f"{label}: hessian must have shape [{columns}, {columns}] (in_features squared), "
+                         f"got {tuple(size)}")
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"{label}: block_size must be a positive int, got {block_size!r}")
+    if not _all_finite(weight):
+        raise ValueError(f"{label}: the weight contains NaN or Inf")
+    if not isinstance(hessian, PreparedHessian):
+        hessian = prepare_hessian(hessian.to(weight.device), desc_act=desc_act, damp_percent=damp_percent,
+                                  name=name)
+    return hessian
+
+
 def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size: int = 128,
                     sym: bool = True, desc_act: bool = False, static_groups: bool = False,
                     damp_percent: float = 0.01, block_size: int = 128, name: Optional[str] = None,
@@ -113,21 +136,9 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
     label = name or "weight"
     check_bits(bits)
     check_group_size(group_size)
-    if weight.dim() != 2:
-        raise ValueError(f"{label}: weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
+    hessian = checked_layer_inputs(weight, hessian, block_size=block_size, desc_act=desc_act,
+                                   damp_percent=damp_percent, name=name)
     rows, columns = weight.shape
-    check_features(columns, rows)
-    size = hessian.cholesky.shape if isinstance(hessian, PreparedHessian) else hessian.shape
-    if tuple(size) != (columns, columns):
-        raise ValueError(f"{label}: hessian must have shape [{columns}, {columns}] (in_features squared), "
-                         f"got {tuple(size)}")
-    if not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"{label}: block_size must be a positive int, got {block_size!r}")
-    if not _all_finite(weight):
-        raise ValueError(f"{label}: the weight contains NaN or Inf")
-    if not isinstance(hessian, PreparedHessian):
-        hessian = prepare_hessian(hessian.to(weight.device), desc_act=desc_act, damp_percent=damp_percent,
-                                  name=name)
     dead, perm, R, damp_used = hessian.dead, hessian.perm, hessian.cholesky, hessian.damp_percent
 
     W = weight.detach().to(torch.float32).clone()

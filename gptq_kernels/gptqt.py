@@ -45,8 +45,8 @@ import torch
 
 from . import bcq_format
 from .bcq_fit import binary_coding_levels, code_signs, fit_binary_coding, nearest_code
-from .format import check_features, check_group_size, default_g_idx, num_groups
-from .gptq import PreparedHessian, _all_finite, prepare_hessian
+from .format import check_group_size, default_g_idx, num_groups
+from .gptq import checked_layer_inputs
 
 #: Multipliers of the step-1 range tried by the re-explore search (1.0 = the group's full range).
 DEFAULT_REEXPLORE = (0.7, 0.8, 0.9, 1.0)
@@ -222,21 +222,9 @@ def quantize_weight_gptqt(weight: torch.Tensor, hessian, *, planes: int = 3, int
     multipliers = tuple(float(x) for x in reexplore) if reexplore else (1.0,)
     if not all(0 < x <= 2 for x in multipliers):
         raise ValueError(f"{label}: reexplore multipliers must lie in (0, 2], got {tuple(reexplore)}")
-    if weight.dim() != 2:
-        raise ValueError(f"{label}: weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
+    hessian = checked_layer_inputs(weight, hessian, block_size=block_size, desc_act=desc_act,
+                                   damp_percent=damp_percent, name=name)
     rows, columns = weight.shape
-    check_features(columns, rows)
-    size = hessian.cholesky.shape if isinstance(hessian, PreparedHessian) else hessian.shape
-    if tuple(size) != (columns, columns):
-        raise ValueError(f"{label}: hessian must have shape [{columns}, {columns}] (in_features squared), "
-                         f"got {tuple(size)}")
-    if not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"{label}: block_size must be a positive int, got {block_size!r}")
-    if not _all_finite(weight):
-        raise ValueError(f"{label}: the weight contains NaN or Inf")
-    if not isinstance(hessian, PreparedHessian):
-        hessian = prepare_hessian(hessian.to(weight.device), desc_act=desc_act, damp_percent=damp_percent,
-                                  name=name)
     dead, perm, U = hessian.dead, hessian.perm, hessian.factor
 
     W = weight.detach().to(torch.float32).clone()
