@@ -39,6 +39,10 @@ TORCH_LIBRARY(gptq_kernels, m) {
   // caller applies W[:, end:] -= err @ U[start:end, end:]. Scales are rounded to scale_dtype before use.
   m.def("gptq_block(Tensor weight, Tensor hinv, int bits, bool sym, int group_size, int column_offset,"
         " Tensor? scale, Tensor? zero, ScalarType scale_dtype) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // GPTQ's factor of a Hessian: for hessian [K, K] float32 (symmetric; only its upper triangle is read),
+  // R upper triangular [K, K] with hessian + damp * I = R R^T, and LAPACK's info (0: done; i > 0: not
+  // positive definite, R is then meaningless). R^-1 is the upper Cholesky factor of (hessian + damp I)^-1.
+  m.def("hessian_factor(Tensor hessian, float damp) -> (Tensor, int)");
 
   // Binary-coded (BCQ) weights, GPTQT's inference format (gptq_kernels/bcq_format.py, csrc/core/bcq.h):
   // qplanes int32 [planes, K/32, N] (bit j of qplanes[i, w, n] is plane i's sign for input 32w+j, 1 = +1,

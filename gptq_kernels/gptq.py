@@ -73,7 +73,10 @@ class PreparedHessian:
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    return bool(torch.isfinite(t.abs().amax())) if t.numel() else True  # amax propagates NaN: one pass
+    if not t.numel():
+        return True
+    lo, hi = torch.aminmax(t)  # one pass without a temporary; both propagate NaN
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def prepare_hessian(hessian: torch.Tensor, *, desc_act: bool = False, damp_percent: float = 0.01,
@@ -233,24 +236,33 @@ def hessian_factor(H: torch.Tensor, damp_percent: float = 0.01, label: str = "we
     columns = H.shape[0]
     # |diag| so that an invalid Hessian with a negative mean diagonal still gets positive damping.
     mean_diag = float(torch.diag(H).abs().mean()) or 1.0
-    reversed_h = H.flip((0, 1))
-    diagonal = torch.arange(columns, device=H.device)
     damp = damp_percent
     for step in range(MAX_DAMP_STEPS + 1):
-        damped = reversed_h.clone()
-        damped[diagonal, diagonal] += damp * mean_diag
-        L, info = torch.linalg.cholesky_ex(damped)
-        if int(info) == 0 and _all_finite(L) and bool((torch.diagonal(L) > 0).all()):
+        R, info = _damped_factor(H, damp * mean_diag)
+        if info == 0 and _all_finite(R) and bool((torch.diagonal(R) > 0).all()):
             if step:
                 warnings.warn(f"{label}: the Hessian is not positive definite with damp_percent="
                               f"{damp_percent:g}; used damp_percent={damp:g}", RuntimeWarning, stacklevel=3)
-            return L.flip((0, 1)).contiguous(), damp
+            return R, damp
         damp = max(damp * DAMP_GROWTH, 0.01) if damp > 0 else 0.01
     # Unreachable for a finite Hessian; kept so that a pathological one degrades to round-to-nearest (an
     # identity Hessian) instead of stopping a long model run.
     warnings.warn(f"{label}: the Hessian stayed singular after {MAX_DAMP_STEPS} damping steps; quantizing "
                   "this layer as round-to-nearest", RuntimeWarning, stacklevel=3)
     return torch.eye(columns, device=H.device, dtype=H.dtype), math.inf
+
+
+def _damped_factor(H: torch.Tensor, damp: float) -> Tuple[torch.Tensor, int]:
+    """R with H + damp * I = R R^T (R = J L J for J (H + damp I) J = L L^T), and 0 or LAPACK's failure info."""
+    if H.dtype == torch.float32 and ops.has_kernel(H.device.type, "hessian_factor"):
+        return ops.hessian_factor(H, damp)  # the same factor without torch's extra passes over the matrix
+    reversed_h = H.flip((0, 1))
+    reversed_h.diagonal().add_(damp)
+    # H is symmetric, so its transpose view is the same matrix in the column-major layout LAPACK works in:
+    # the factorisation starts from a plain copy instead of a transposing one, and L comes back column-major,
+    # so L^T is contiguous and R = J L J is one reversal of it (kept column-major).
+    L, info = torch.linalg.cholesky_ex(reversed_h.t())
+    return L.t().flip((0, 1)).t(), int(info)
 
 
 # Below this size a triangular solve against the identity inverts fastest; above, splitting into halves

@@ -79,6 +79,12 @@ def gptq_block(weight: torch.Tensor, hinv: torch.Tensor, bits: int, sym: bool, g
                                             scale_dtype)
 
 
+def hessian_factor(hessian: torch.Tensor, damp: float):
+    """(R, info): R upper triangular with hessian + damp * I = R R^T (see csrc/ops.cpp); info 0 on success."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.hessian_factor(hessian, damp)
+
+
 def bcq_dequantize(qplanes: torch.Tensor, alpha: torch.Tensor, offset: torch.Tensor, group_size: int) -> torch.Tensor:
     """Binary-coded weight (gptq_kernels.bcq_format) -> W^T as a dense [K, N] tensor of alpha's dtype."""
     _require_compiled()

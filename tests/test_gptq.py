@@ -233,6 +233,53 @@ def test_inverse_hessian_factor_is_the_textbook_factor():
     assert damp == 0.01
 
 
+# ------------------------------------------------------------------------------------ hessian_factor op
+@needs_op
+@pytest.mark.parametrize("k", [1, 7, 96, 576])
+def test_hessian_factor_op_matches_a_float64_factor(k):
+    g = torch.Generator().manual_seed(k)
+    a = torch.randn(k, 2 * k + 3, generator=g, dtype=torch.float64)
+    h = a @ a.t() / a.shape[1]
+    h.triu_().add_(h.triu(1).t())  # exactly symmetric
+    damp = 0.05 * float(h.diag().mean())
+    r, info = ops.hessian_factor(h.float(), damp)
+    assert info == 0 and r.dtype == torch.float32 and r.is_contiguous()
+    assert torch.equal(r, r.triu()), "R must be upper triangular"
+    damped = h + damp * torch.eye(k, dtype=torch.float64)
+    torch.testing.assert_close(r.double() @ r.double().t(), damped, rtol=0, atol=1e-5 * float(damped.abs().max()))
+    reference = torch.linalg.cholesky(damped.flip((0, 1))).flip((0, 1))
+    torch.testing.assert_close(r.double(), reference, rtol=0, atol=1e-5 * float(reference.abs().max()))
+
+
+@needs_op
+def test_hessian_factor_op_agrees_with_the_torch_route(monkeypatch):
+    h = hessian_of(correlated_inputs(576)).float()
+    with_op, _ = gptq.hessian_factor(h, 0.01)
+    monkeypatch.setattr(gptq.ops, "has_kernel", lambda *args: False)
+    with_torch, _ = gptq.hessian_factor(h, 0.01)
+    torch.testing.assert_close(with_op, with_torch, rtol=0, atol=1e-5 * float(with_torch.abs().max()))
+
+
+@needs_op
+def test_hessian_factor_op_reports_a_matrix_that_is_not_positive_definite():
+    h = torch.diag(torch.tensor([1.0, 2.0, -3.0, 4.0]))
+    assert ops.hessian_factor(h, 0.0)[1] > 0
+    assert ops.hessian_factor(h, 5.0)[1] == 0
+
+
+@needs_op
+def test_hessian_factor_op_rejects_bad_inputs():
+    h = torch.eye(8)
+    with pytest.raises(RuntimeError, match="hessian_factor: hessian must be a square matrix"):
+        ops.hessian_factor(h[:, :4], 0.0)
+    with pytest.raises(RuntimeError, match="hessian_factor: hessian must be float32"):
+        ops.hessian_factor(h.double(), 0.0)
+    with pytest.raises(RuntimeError, match="hessian_factor: damp must be finite and non-negative"):
+        ops.hessian_factor(h, -1.0)
+    with pytest.raises(RuntimeError, match="hessian_factor: damp must be finite and non-negative"):
+        ops.hessian_factor(h, math.nan)
+
+
 # ---------------------------------------------------------------------------------------- gptq_block op
 def block_inputs(rows=67, width=96, seed=0):
     g = torch.Generator().manual_seed(seed)
