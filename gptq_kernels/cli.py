@@ -59,6 +59,10 @@ def _add_quant_options(p: argparse.ArgumentParser, nsamples: int = 128, seqlen: 
                    help="asymmetric grids with a fitted zero point (default: symmetric, zero at the middle)")
     p.add_argument("--desc-act", action="store_true",
                    help="act-order: quantize input channels by decreasing Hessian diagonal (stores g_idx)")
+    p.add_argument("--act-group-aware", action="store_true",
+                   help="group-aware act-order: quantize whole groups by decreasing importance (largest Hessian "
+                        "diagonal), each group's channels by decreasing diagonal; the checkpoint needs no "
+                        "g_idx reordering (gptq only; needs --group-size > 0, excludes --desc-act)")
     p.add_argument("--static-groups", action="store_true",
                    help="fit every group's grid before GPTQ runs (with --desc-act: no g_idx reordering needed)")
     p.add_argument("--damp-percent", type=float, default=0.01,
@@ -152,6 +156,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _quant_kwargs(args) -> dict:
     return dict(group_size=args.group_size, sym=args.sym, desc_act=args.desc_act, static_groups=args.static_groups,
+                act_group_aware=args.act_group_aware,
                 damp_percent=args.damp_percent, true_sequential=args.true_sequential, device=args.device,
                 nsamples=args.nsamples, seqlen=args.seqlen)
 

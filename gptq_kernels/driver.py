@@ -210,8 +210,12 @@ def _float_stand_in(module: nn.Module, weight: torch.Tensor) -> nn.Linear:
 
 
 # ------------------------------------------------------------------------------------------ resuming
-_SETTINGS = ("method", "bits", "group_size", "sym", "desc_act", "static_groups", "damp_percent",
-             "true_sequential", "layers", "intermediate_bits", "reexplore")
+_SETTINGS = ("method", "bits", "group_size", "sym", "desc_act", "act_group_aware", "static_groups",
+             "damp_percent", "true_sequential", "layers", "intermediate_bits", "reexplore")
+
+
+# Settings that work directories of earlier versions do not record, with the value those runs used.
+_SETTINGS_ADDED_LATER = {"act_group_aware": False}
 
 
 def _atomic_save(obj, path: str) -> None:
@@ -246,7 +250,7 @@ def _quantized_module(qw, bias: Optional[torch.Tensor], dtype) -> nn.Module:
 @torch.no_grad()
 def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *, tokenizer=None, bits: int = 4,
                    group_size: int = 128, sym: bool = True, desc_act: bool = False, static_groups: bool = False,
-                   damp_percent: float = 0.01, true_sequential: bool = True, method: str = "gptq",
+                   act_group_aware: bool = False, damp_percent: float = 0.01, true_sequential: bool = True, method: str = "gptq",
                    device=None, work_dir: Optional[str] = None, report_csv: Optional[str] = None,
                    seqlen: int = 512, nsamples: int = 128, block_size: int = 128,
                    intermediate_bits: int = 5, reexplore: Optional[Sequence[float]] = DEFAULT_REEXPLORE,
@@ -257,6 +261,9 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
     calibration: token ids (a [n, L] tensor or a list of tensors: one sample each; a 1-D tensor: a stream cut
         into nsamples windows of seqlen), a text, a list of texts or the path of a text file (with tokenizer).
         Not needed for method="rtn".
+    act_group_aware: group-aware act-order (gptq_kernels.gptq.group_aware_order): whole groups by importance,
+        columns inside each by importance; the checkpoint stays without act-order. Excludes desc_act and
+        static_groups; needs group_size > 0; round-to-nearest ignores it.
     method: "gptq"; "gptqt" for GPTQT (binary-coded weights with ``bits`` sign planes, BCQLinear layers; see
         gptq_kernels.gptqt: intermediate_bits and reexplore apply to it only); "rtn" for the round-to-nearest
         baseline.
@@ -271,9 +278,16 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
     model_device = next(model.parameters()).device
     device = torch.device(device) if device is not None else model_device
     gptqt = method == "gptqt"
+    if act_group_aware and gptqt:
+        raise ValueError("act_group_aware applies to method='gptq' only")
+    if act_group_aware and method != "rtn" and (desc_act or static_groups or group_size <= 0):
+        raise ValueError("act_group_aware needs group_size > 0 and neither desc_act nor static_groups, got "
+                         f"group_size={group_size}, desc_act={desc_act}, static_groups={static_groups}")
+    act_group_aware = bool(act_group_aware) and method != "rtn"
     settings = dict(method=method, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
-                    static_groups=static_groups, damp_percent=damp_percent, true_sequential=true_sequential,
-                    layers=len(layers), intermediate_bits=intermediate_bits if gptqt else None,
+                    act_group_aware=act_group_aware, static_groups=static_groups, damp_percent=damp_percent,
+                    true_sequential=true_sequential, layers=len(layers),
+                    intermediate_bits=intermediate_bits if gptqt else None,
                     reexplore=(list(reexplore) if reexplore else None) if gptqt else None)
     report: List[LayerReport] = []
     scales_dtype = scale_dtype
@@ -312,7 +326,7 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
                 if gptqt:
                     options.update(planes=bits, intermediate_bits=intermediate_bits, reexplore=reexplore)
                 else:
-                    options.update(bits=bits)
+                    options.update(bits=bits, act_group_aware=act_group_aware)
                 quantized, rows, samples = _gptq_layer(layer, index, samples, method, bits, group_size,
                                                        true_sequential, options)
             for name, (qw, bias) in quantized.items():
@@ -330,7 +344,7 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
             model.config.use_cache = use_cache
 
     model.gptq_kernels_config = dict(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
-                                     static_groups=static_groups, damp_percent=damp_percent,
+                                     act_group_aware=act_group_aware, static_groups=static_groups, damp_percent=damp_percent,
                                      true_sequential=true_sequential, method=method, layers=layers_name)
     if gptqt:
         model.gptq_kernels_config.update(intermediate_bits=intermediate_bits, reexplore=settings["reexplore"])
@@ -401,7 +415,9 @@ def _gptq_layer(layer, index, samples, method, bits, group_size, true_sequential
             if hessian.rows:  # one factorization for every linear reading this input
                 prepared = prepare_hessian(hessian.value(), desc_act=options["desc_act"],
                                            damp_percent=options["damp_percent"],
-                                           name=f"layers.{index}.{input_set[0]}")
+                                           name=f"layers.{index}.{input_set[0]}",
+                                           act_group_aware=options.get("act_group_aware", False),
+                                           group_size=group_size)
             for name in input_set:
                 module = layer.get_submodule(name)
                 bias = None if module.bias is None else module.bias.detach()
@@ -448,7 +464,7 @@ def _resume(model, layers, work_dir, settings, scale_dtype):
         with open(settings_path) as f:
             previous = json.load(f)
         for key in _SETTINGS:
-            if previous.get(key) != settings[key]:
+            if previous.get(key, _SETTINGS_ADDED_LATER.get(key)) != settings[key]:
                 raise ValueError(f"work_dir {work_dir} holds a run with {key}={previous.get(key)!r}, but this run "
                                  f"has {key}={settings[key]!r}: use another work_dir or the same settings")
     else:

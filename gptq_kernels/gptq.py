@@ -7,8 +7,10 @@ op ``gptq_block`` runs the column loop inside a block (every row in parallel), a
 block reaches the later columns through one matrix product (the paper's "lazy batch" update).
 
 Options as GPTQ users know them: bits 2/3/4/8, group_size (-1 = one grid per output channel), sym/asym zero
-points, act-order (``desc_act``: columns by decreasing Hessian diagonal) and static groups (grids fitted on
-the unquantized weight before the loop, so act-order needs no g_idx reordering at inference).
+points, act-order (``desc_act``: columns by decreasing Hessian diagonal), static groups (grids fitted on
+the unquantized weight before the loop, so act-order needs no g_idx reordering at inference) and
+group-aware act-order (``act_group_aware``: whole groups in order of importance, each group's columns by
+decreasing diagonal; most of act-order's gain while the checkpoint keeps the plain g = k // group_size map).
 """
 from __future__ import annotations
 
@@ -53,15 +55,17 @@ class GPTQWeight(QuantizedWeight):
 class PreparedHessian:
     """What GPTQ needs from a Hessian, computed once: layers that read the same input (q/k/v) share it.
 
-    dead: input channels with a zero diagonal; perm: the act-order column order or None; cholesky: R, the upper
-    triangular matrix with H + damping = R R^T in processing order (R = U^-1, see hessian_factor);
-    damp_percent: the damping used. ``factor`` is U itself, formed on first use (quantize_weight needs only R).
+    dead: input channels with a zero diagonal; perm: the column order (act-order or group-aware) or None;
+    cholesky: R, the upper triangular matrix with H + damping = R R^T in processing order (R = U^-1, see
+    hessian_factor); damp_percent: the damping used; group_aware: the group size of a group-aware order, else
+    None. ``factor`` is U itself, formed on first use (quantize_weight needs only R).
     """
 
     dead: torch.Tensor
     perm: Optional[torch.Tensor]
     cholesky: torch.Tensor
     damp_percent: float
+    group_aware: Optional[int] = None
     _factor: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
@@ -80,9 +84,16 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def prepare_hessian(hessian: torch.Tensor, *, desc_act: bool = False, damp_percent: float = 0.01,
-                    name: Optional[str] = None) -> PreparedHessian:
-    """Checks, damps and factors a Hessian [K, K] for quantize_weight (see there for the rules)."""
+                    name: Optional[str] = None, act_group_aware: bool = False,
+                    group_size: Optional[int] = None) -> PreparedHessian:
+    """Checks, damps and factors a Hessian [K, K] for quantize_weight (see there for the rules).
+
+    act_group_aware orders the columns group-aware for groups of ``group_size`` (required then, > 0)."""
     label = name or "weight"
+    if act_group_aware and desc_act:
+        raise ValueError(f"{label}: act_group_aware and desc_act are alternative column orders; choose one")
+    if act_group_aware and not (isinstance(group_size, int) and group_size > 0):
+        raise ValueError(f"{label}: act_group_aware needs groups (group_size > 0), got group_size={group_size!r}")
     if hessian.dim() != 2 or hessian.shape[0] != hessian.shape[1]:
         raise ValueError(f"{label}: hessian must be a square matrix, got shape {tuple(hessian.shape)}")
     if not (isinstance(damp_percent, (int, float)) and 0 <= damp_percent < 1):
@@ -95,13 +106,37 @@ def prepare_hessian(hessian: torch.Tensor, *, desc_act: bool = False, damp_perce
     perm = None
     if desc_act:
         perm = torch.argsort(torch.diag(H), descending=True)
+    elif act_group_aware:
+        perm = group_aware_order(torch.diag(H), group_size)
+    if perm is not None:
         H = H[perm][:, perm]
     R, damp_used = hessian_factor(H, damp_percent, label)
-    return PreparedHessian(dead, perm, R, damp_used)
+    return PreparedHessian(dead, perm, R, damp_used, group_size if act_group_aware else None)
+
+
+def group_aware_order(importance: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The group-aware column order for the Hessian diagonal ``importance`` [K].
+
+    Groups are the checkpoint's groups, runs of group_size input channels. Whole groups are processed one
+    after another, the group with the largest diagonal entry first, and inside each group its columns by
+    decreasing diagonal, as act-order would. Each group's grid is still fitted when the group starts (on
+    weights already corrected for every earlier group), and g_idx stays k // group_size. A partial last group
+    goes last, so that every group starts at a multiple of group_size in processing order.
+    """
+    columns = importance.numel()
+    full = columns // group_size
+    head = importance[:full * group_size].view(full, group_size)
+    within = torch.argsort(head, dim=1, descending=True, stable=True)
+    within += torch.arange(full, device=importance.device)[:, None] * group_size
+    by_importance = torch.argsort(head.amax(dim=1), descending=True, stable=True)
+    tail = torch.arange(full * group_size, columns, device=importance.device)
+    tail = tail[torch.argsort(importance[tail], descending=True, stable=True)]
+    return torch.cat([within[by_importance].reshape(-1), tail])
 
 
 def checked_layer_inputs(weight: torch.Tensor, hessian, *, block_size: int, desc_act: bool, damp_percent: float,
-                         name: Optional[str]) -> "PreparedHessian":
+                         name: Optional[str], act_group_aware: bool = False,
+                         group_size: Optional[int] = None) -> "PreparedHessian":
     """Checks one layer's weight [N, K], Hessian [K, K] (or PreparedHessian) and block size, and prepares the
     Hessian when it is not prepared yet: the common start of quantize_weight and GPTQT's quantizer."""
     label = name or "weight"
@@ -119,28 +154,38 @@ def checked_layer_inputs(weight: torch.Tensor, hessian, *, block_size: int, desc
         raise ValueError(f"{label}: the weight contains NaN or Inf")
     if not isinstance(hessian, PreparedHessian):
         hessian = prepare_hessian(hessian.to(weight.device), desc_act=desc_act, damp_percent=damp_percent,
-                                  name=name)
+                                  name=name, act_group_aware=act_group_aware, group_size=group_size)
+    elif hessian.group_aware is not None and hessian.group_aware != group_size:
+        raise ValueError(f"{label}: the Hessian was prepared in group-aware order for group_size "
+                         f"{hessian.group_aware}, but group_size is {group_size}")
     return hessian
 
 
 def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size: int = 128,
                     sym: bool = True, desc_act: bool = False, static_groups: bool = False,
                     damp_percent: float = 0.01, block_size: int = 128, name: Optional[str] = None,
-                    scale_dtype: torch.dtype = torch.float16) -> GPTQWeight:
+                    scale_dtype: torch.dtype = torch.float16, act_group_aware: bool = False) -> GPTQWeight:
     """GPTQ-quantizes weight [N, K] (nn.Linear layout) given the Hessian [K, K] of its inputs.
 
     Runs on the weight's device in float32. Input channels whose Hessian diagonal is 0 (never active in the
     calibration data) are "dead": their weights are set to zero. A Hessian that is not positive definite even
     after damping gets more damping, step by step, with a warning. NaN or Inf in the weight or the Hessian
     raises ValueError naming the layer (``name``). ``hessian`` may also be a PreparedHessian from
-    prepare_hessian (then desc_act and damp_percent were applied there).
+    prepare_hessian (then desc_act, act_group_aware and damp_percent were applied there).
+    act_group_aware: process whole groups in order of importance (see group_aware_order); needs group_size
+    > 0 and excludes desc_act and static_groups. The result loads like a layer without act-order.
     """
     start = time.perf_counter()
     label = name or "weight"
     check_bits(bits)
     check_group_size(group_size)
     hessian = checked_layer_inputs(weight, hessian, block_size=block_size, desc_act=desc_act,
-                                   damp_percent=damp_percent, name=name)
+                                   damp_percent=damp_percent, name=name, act_group_aware=act_group_aware,
+                                   group_size=group_size)
+    group_aware = hessian.group_aware is not None
+    if group_aware and static_groups:
+        raise ValueError(f"{label}: act_group_aware fits each group's grid when the group starts; it does not "
+                         "combine with static_groups")
     rows, columns = weight.shape
     dead, perm, R, damp_used = hessian.dead, hessian.perm, hessian.cholesky, hessian.damp_percent
 
@@ -175,6 +220,7 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
     # what they add to a block [i1, i2) is E[:, :i1] U[:i1, blk] = -(W - Q)[:, :i1] R[:i1, blk] U[blk, blk]
     # (block inverse of the triangular R), and U's diagonal blocks are the inverses of R's. This needs one
     # Cholesky and no triangular inverse of the whole matrix (K^3/6 multiply-adds fewer).
+    run_group = (perm[::group_size] // group_size).tolist() if group_aware else None
     Q = torch.empty(rows, columns, dtype=torch.int32, device=W.device)
     residual = torch.empty_like(W)  # W - dequantized, filled block by block
     scale = torch.empty(rows, groups, device=W.device)
@@ -200,14 +246,17 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
         error += 0.5 * float(torch.linalg.vector_norm(err)) ** 2
         if fixed_scale is None:
             for c in range(i1, i2, group_size):
-                scale[:, c // group_size], zero[:, c // group_size] = s_used[:, c - i1], z_used[:, c - i1]
+                # Processing runs of group_size are the checkpoint's groups, except in group-aware order,
+                # where each run is one whole group in another place.
+                g = run_group[c // group_size] if group_aware else c // group_size
+                scale[:, g], zero[:, g] = s_used[:, c - i1], z_used[:, c - i1]
 
     if fixed_scale is not None:
         scale, zero = fixed_scale, fixed_zero
     if perm is not None:
         inverse = torch.argsort(perm)
         Q = Q[:, inverse]
-    if perm is not None and not static_groups and group_size != -1:
+    if perm is not None and not static_groups and group_size != -1 and not group_aware:
         # Group i holds the i-th run of group_size columns in processing order: g_idx[perm[i]] = i // group_size.
         g_idx = (torch.arange(columns, device=W.device) // group_size)[inverse]
     else:

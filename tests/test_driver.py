@@ -93,7 +93,7 @@ def test_find_decoder_layers():
 
 
 @pytest.mark.parametrize("options", [dict(desc_act=True), dict(desc_act=True, static_groups=True, sym=False),
-                                     dict(true_sequential=False, group_size=-1)])
+                                     dict(true_sequential=False, group_size=-1), dict(act_group_aware=True)])
 def test_options_run_end_to_end(options):
     model = tiny_llama()
     ids = calibration()
@@ -214,6 +214,28 @@ def test_save_and_load_round_trip(tmp_path):
         gk.save_quantized(tiny_llama(), str(tmp_path / "float"))
 
 
+def test_act_group_aware_checkpoint_has_no_act_order(tmp_path):
+    model = tiny_llama()
+    ids = calibration(n=4)
+    gk.quantize_model(model, ids, bits=4, group_size=32, act_group_aware=True, progress=False)
+    layer = model.model.layers[0].self_attn.q_proj
+    assert torch.equal(layer.g_idx, torch.arange(layer.in_features, dtype=torch.int32) // 32)
+    gk.save_quantized(model, str(tmp_path))
+    config = transformers.AutoConfig.from_pretrained(str(tmp_path)).to_dict()["quantization_config"]
+    assert config["act_group_aware"] is True and config["desc_act"] is False
+    torch.testing.assert_close(logits(gk.load_quantized(str(tmp_path)), ids), logits(model, ids))
+
+
+def test_act_group_aware_errors():
+    ids = calibration(n=2)
+    with pytest.raises(ValueError, match="act_group_aware needs group_size > 0 and neither desc_act"):
+        gk.quantize_model(tiny_llama(), ids, bits=4, group_size=32, act_group_aware=True, desc_act=True,
+                          progress=False)
+    with pytest.raises(ValueError, match="act_group_aware applies to method='gptq' only"):
+        gk.quantize_model(tiny_llama(), ids, bits=3, group_size=32, act_group_aware=True, method="gptqt",
+                          progress=False)
+
+
 def test_cli_explains_every_option():
     from gptq_kernels import cli
 
@@ -225,6 +247,7 @@ def test_cli_explains_every_option():
             assert action.help, f"{name} {action.option_strings} has no help"
     args = parser.parse_args(["quantize", "--out", "x", "--bits", "3", "--group-size", "-1", "--asym", "--desc-act"])
     assert (args.bits, args.group_size, args.sym, args.desc_act, args.true_sequential) == (3, -1, False, True, True)
+    assert not args.act_group_aware and parser.parse_args(["quantize", "--out", "x", "--act-group-aware"]).act_group_aware
     assert parser.parse_args(["demo"]).nsamples == 32
 
 

@@ -41,8 +41,10 @@ def output_error(w, wq, h):
 
 
 # ---------------------------------------------------------------------------------------------- textbook
-def textbook_gptq(w, h, bits, group_size, sym, desc_act=False, static_groups=False, damp_percent=0.01):
-    """GPTQ as in the paper's Algorithm 1, one column at a time, float64; returns the dequantized weight."""
+def textbook_gptq(w, h, bits, group_size, sym, desc_act=False, static_groups=False, damp_percent=0.01, order=None):
+    """GPTQ as in the paper's Algorithm 1, one column at a time, float64; returns the dequantized weight.
+
+    order: an explicit column order whose runs of group_size are whole groups (group-aware act-order)."""
     W = w.double().clone()
     H = h.double().clone()
     rows, cols = W.shape
@@ -54,6 +56,8 @@ def textbook_gptq(w, h, bits, group_size, sym, desc_act=False, static_groups=Fal
     if group_size == -1 or static_groups:
         fixed = [fit_grid(W[:, g:g + width], bits, sym) for g in range(0, cols, width)]
     perm = torch.argsort(torch.diag(H), descending=True) if desc_act else torch.arange(cols)
+    if order is not None:
+        perm = order
     W, H = W[:, perm], H[perm][:, perm]
     H = H + damp_percent * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
@@ -100,6 +104,71 @@ def test_matches_textbook_gptq(bits, group_size, sym, desc_act, static_groups, k
     assert ours == pytest.approx(textbook, rel=0.01)
     assert result.bits == bits and result.group_size == group_size and result.sym == sym
     assert result.damp_percent == 0.01 and result.error > 0
+
+
+def group_aware_order_by_hand(diag, group_size):
+    """Whole groups by decreasing largest diagonal entry, columns inside a group by decreasing diagonal, a
+    partial last group last; ties keep the lower index first."""
+    cols = diag.numel()
+    groups = [list(range(g, min(g + group_size, cols))) for g in range(0, cols, group_size)]
+    full = [grp for grp in groups if len(grp) == group_size]
+    tail = [grp for grp in groups if len(grp) < group_size]
+    full.sort(key=lambda grp: (-max(float(diag[c]) for c in grp), grp[0]))
+    order = []
+    for grp in full + tail:
+        order += sorted(grp, key=lambda c: (-float(diag[c]), c))
+    return torch.tensor(order)
+
+
+@pytest.mark.parametrize("k,group_size", [(576, 128), (256, 32), (96, 32), (64, 128)])
+def test_group_aware_order(k, group_size):
+    diag = torch.rand(k, generator=torch.Generator().manual_seed(k))
+    diag[5] = diag[6]  # a tie
+    assert torch.equal(gptq.group_aware_order(diag, group_size), group_aware_order_by_hand(diag, group_size))
+
+
+@pytest.mark.parametrize("bits,group_size,sym,k", [(4, 128, True, 576), (3, 128, False, 576), (3, 32, True, 256),
+                                                    (2, 32, False, 256)])
+def test_act_group_aware_matches_textbook_gptq_in_that_order(bits, group_size, sym, k):
+    x = correlated_inputs(k, seed=bits)
+    h = hessian_of(x)
+    w = random_weight(64, k)
+    result = quantize_weight(w, h.float(), bits=bits, group_size=group_size, sym=sym, act_group_aware=True)
+    assert torch.equal(result.g_idx, torch.arange(k, dtype=torch.int32) // group_size), "g_idx stays k // group_size"
+    order = group_aware_order_by_hand(torch.diag(h.float()), group_size)
+    ours = output_error(w, result.dequantize(torch.float64), h)
+    textbook = output_error(w, textbook_gptq(w, h, bits, group_size, sym, order=order), h)
+    assert ours == pytest.approx(textbook, rel=0.01)
+    # The layer built from it computes with the grids where the checkpoint expects them.
+    layer = result.to_quant_linear(dtype=torch.float32)
+    xs = x[:5].float()
+    torch.testing.assert_close(layer(xs).double(), xs.double() @ result.dequantize(torch.float64).t(),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_act_group_aware_beats_the_natural_order_on_outlier_channels():
+    k = 576
+    x = correlated_inputs(k, seed=7, outliers=8)
+    h = hessian_of(x)
+    w = random_weight(128, k)
+    for bits in (3, 4):
+        natural = quantize_weight(w, h.float(), bits=bits, group_size=128)
+        aware = quantize_weight(w, h.float(), bits=bits, group_size=128, act_group_aware=True)
+        assert output_error(w, aware.dequantize(torch.float64), h) < output_error(w, natural.dequantize(torch.float64), h)
+
+
+def test_act_group_aware_rejects_what_it_cannot_combine_with():
+    h = hessian_of(correlated_inputs(64)).float()
+    w = random_weight(32, 64)
+    with pytest.raises(ValueError, match="act_group_aware and desc_act are alternative column orders"):
+        quantize_weight(w, h, act_group_aware=True, desc_act=True, group_size=32)
+    with pytest.raises(ValueError, match=r"act_group_aware needs groups \(group_size > 0\)"):
+        quantize_weight(w, h, act_group_aware=True, group_size=-1)
+    with pytest.raises(ValueError, match="does not combine with static_groups"):
+        quantize_weight(w, h, act_group_aware=True, static_groups=True, group_size=32)
+    prepared = gptq.prepare_hessian(h, act_group_aware=True, group_size=32)
+    with pytest.raises(ValueError, match="prepared in group-aware order for group_size 32, but group_size is 64"):
+        quantize_weight(w, prepared, group_size=64)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
