@@ -3,11 +3,11 @@ token ids, timed and evaluated on the same held-out text.
 
 Both quantize the float32 model (the GGUF's weights as transformers dequantizes them) on the CPU. Rows:
 
-- "same": both with the same settings, gptq_kernels' defaults (damp_percent 0.01, columns in their natural
-  order): GPTQModel with act_group_aware=False;
+- "same": both with the same plain settings (damp_percent 0.01, columns in their natural order, i.e.
+  act_group_aware=False for both);
 - "gptqmodel-defaults": GPTQModel with its defaults (damp_percent 0.05, and act_group_aware: its group-aware
-  reordering of the GPTQ column order, on by default without desc_act), and gptq_kernels as close as it gets
-  (damp_percent 0.05; it has no group-aware reordering).
+  reordering of the GPTQ column order, on by default without desc_act), and gptq_kernels with the same
+  (damp_percent 0.05, act_group_aware=True, which is also gptq_kernels' default order).
 
 Times are those of the quantize call alone (the model is already in memory; loading and saving are not
 counted). Perplexity is gptq_kernels.evaluate_perplexity over the first --eval-windows windows of
@@ -39,8 +39,8 @@ from gptq_kernels import data  # noqa: E402
 
 CONFIGS = {
     # name: (gptq_kernels settings, GPTQModel settings)
-    "same": (dict(damp_percent=0.01), dict(damp_percent=0.01, act_group_aware=False)),
-    "gptqmodel-defaults": (dict(damp_percent=0.05), dict()),
+    "same": (dict(damp_percent=0.01, act_group_aware=False), dict(damp_percent=0.01, act_group_aware=False)),
+    "gptqmodel-defaults": (dict(damp_percent=0.05, act_group_aware=True), dict()),
 }
 
 
@@ -150,8 +150,7 @@ def _describe(settings, gptqmodel: bool = False) -> str:
     if gptqmodel and not settings:
         return "its defaults: damp 0.05, act_group_aware"
     parts = [f"damp {settings['damp_percent']}"]
-    if gptqmodel:
-        parts.append("act_group_aware" if settings.get("act_group_aware", True) else "no act_group_aware")
+    parts.append("act_group_aware" if settings.get("act_group_aware", True) else "no act_group_aware")
     return ", ".join(parts)
 
 

@@ -59,10 +59,11 @@ def _add_quant_options(p: argparse.ArgumentParser, nsamples: int = 128, seqlen: 
                    help="asymmetric grids with a fitted zero point (default: symmetric, zero at the middle)")
     p.add_argument("--desc-act", action="store_true",
                    help="act-order: quantize input channels by decreasing Hessian diagonal (stores g_idx)")
-    p.add_argument("--act-group-aware", action="store_true",
+    p.add_argument("--act-group-aware", action=argparse.BooleanOptionalAction, default=None,
                    help="group-aware act-order: quantize whole groups by decreasing importance (largest Hessian "
                         "diagonal), each group's channels by decreasing diagonal; the checkpoint needs no "
-                        "g_idx reordering (gptq only; needs --group-size > 0, excludes --desc-act)")
+                        "g_idx reordering. Default: on for gptq unless --desc-act, --static-groups or "
+                        "--group-size -1 (needs groups; excludes those)")
     p.add_argument("--static-groups", action="store_true",
                    help="fit every group's grid before GPTQ runs (with --desc-act: no g_idx reordering needed)")
     p.add_argument("--damp-percent", type=float, default=0.01,

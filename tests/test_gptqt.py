@@ -356,7 +356,7 @@ def test_quantize_model_gptqt_keeps_outputs_close():
     ours = relative_error(logits(model, ids), reference)
     assert ours < 0.15  # measured about 0.09
     assert ours < relative_error(logits(gptq, ids), reference)  # GPTQ 3-bit: about 0.13
-    assert model.gptq_kernels_config == dict(bits=3, group_size=32, sym=True, desc_act=False,
+    assert model.gptq_kernels_config == dict(bits=3, group_size=32, sym=True, desc_act=False, act_group_aware=False,
                                              static_groups=False, damp_percent=0.01, true_sequential=True,
                                              method="gptqt", layers="model.layers", intermediate_bits=4,
                                              reexplore=list(gptqt.DEFAULT_REEXPLORE))
