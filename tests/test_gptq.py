@@ -1,5 +1,8 @@
 """quantize_weight and the gptq_block op against a textbook GPTQ written here, column by column in float64."""
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -420,6 +423,49 @@ def test_op_error_messages():
         ops.gptq_block(w, u, 4, True, 32, 0, s[:, :32], s[:, :32])
     with pytest.raises(RuntimeError, match="scale_dtype must be float16, bfloat16 or float32"):
         ops.gptq_block(w, u, 4, True, 32, 0, None, None, torch.float64)
+
+
+BLOCK_ISA_CHECK = """
+import sys, torch
+from gptq_kernels import gptq, ops
+torch.manual_seed(int(sys.argv[1]))
+failures = []
+# Fewer rows than one vector and row counts with a remainder; widths that are and are not whole vector tiles.
+for rows, width in ((67, 96), (67, 128), (5, 40), (33, 128)):
+    w = torch.randn(rows, width)
+    a = torch.randn(width, 2 * width)
+    u, _ = gptq.inverse_hessian_factor(a @ a.t() / width)
+    for bits in (2, 3, 4, 8):
+        for sym in (True, False):
+            scale = torch.rand(rows, width) * 0.5 + 0.05
+            zero = torch.randint(1, 1 << bits, (rows, width)).float()
+            # Fitted grids (group 20 ends runs of columns early), then precomputed ones.
+            for group_size, offset, s, z in ((32, 0, None, None), (32, 64, None, None), (20, 40, None, None),
+                                             (-1, 5, scale, zero)):
+                got = ops.gptq_block(w, u, bits, sym, group_size, offset, s, z, torch.float16)
+                want = gptq.gptq_block_torch(w, u, bits, sym, group_size, offset, s, z)
+                if not all(torch.equal(x, y) for x, y in zip(got, want)):
+                    failures.append((rows, width, bits, sym, group_size, offset))
+assert not failures, failures
+print("ok")
+"""
+
+
+@needs_op
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_op_matches_the_column_loop_exactly_on_every_instruction_set(isa):
+    """Each vector width of the op, forced through GPTQ_KERNELS_CPU_ISA in a fresh process, against the
+    per-column loop: the same operations in the same order, so every output is bit for bit the same."""
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if isa == "avx2" and " avx2" not in flags or isa == "avx512" and " avx512f" not in flags:
+        pytest.skip(f"this CPU cannot run the {isa} kernel")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, GPTQ_KERNELS_CPU_ISA=isa, PYTHONPATH=root)
+    seed = str(int(torch.randint(1 << 30, ())))
+    out = subprocess.run([sys.executable, "-c", BLOCK_ISA_CHECK, seed], cwd=root, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "ok"
 
 
 def test_a_prepared_hessian_gives_the_same_result():

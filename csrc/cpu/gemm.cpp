@@ -11,14 +11,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "core/bitpack.h"
 #include "core/checks.h"
 #include "cpu/dequant.h"
 #include "cpu/gemv.h"
+#include "cpu/isa.h"
 
 namespace gptq_kernels {
 namespace cpu {
@@ -31,26 +30,15 @@ constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
 
 using GemvTilesFn = void (*)(const GemvProblem&, int64_t, int64_t);
 
-// The widest instruction set this CPU has, unless GPTQ_KERNELS_CPU_ISA (generic, avx2, avx512) names one:
-// the tests use that to run every variant a machine can execute.
+// The variant for the instruction set cpu/isa.h selects.
 GemvTilesFn select_gemv_kernel() {
-  const char* env = std::getenv("GPTQ_KERNELS_CPU_ISA");
-  const std::string forced = env ? env : "";
-  bool has_avx2 = false, has_avx512 = false;
+  switch (selected_cpu_isa()) {
 #if defined(GPTQ_KERNELS_X86)
-  __builtin_cpu_init();
-  has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f");
+    case CpuIsa::kAvx512: return &gemv_tiles_avx512;
+    case CpuIsa::kAvx2: return &gemv_tiles_avx2;
 #endif
-  TORCH_CHECK(forced.empty() || forced == "generic" || forced == "avx2" || forced == "avx512",
-              "GPTQ_KERNELS_CPU_ISA must be generic, avx2 or avx512, got '", forced, "'");
-  TORCH_CHECK(forced != "avx2" || has_avx2, "GPTQ_KERNELS_CPU_ISA=avx2, but this CPU or build lacks AVX2/FMA/F16C");
-  TORCH_CHECK(forced != "avx512" || has_avx512, "GPTQ_KERNELS_CPU_ISA=avx512, but this CPU or build lacks AVX-512F");
-#if defined(GPTQ_KERNELS_X86)
-  if (forced == "avx512" || (forced.empty() && has_avx512)) return &gemv_tiles_avx512;
-  if (forced == "avx2" || (forced.empty() && has_avx2)) return &gemv_tiles_avx2;
-#endif
-  return &gemv_tiles_generic;
+    default: return &gemv_tiles_generic;
+  }
 }
 
 // Runs of 32-row blocks that share one group, or false when some block mixes groups.

@@ -1,11 +1,8 @@
 // CPU implementation of gptq_block: the inner column loop of blocked GPTQ for one block of columns.
 //
 // Each row of the weight is quantized independently (the Hessian couples columns, never rows), so the op
-// parallelises over rows and walks the block's columns in order: quantize column j, divide its error by
-// U[j, j] and subtract error * U[j, j+1:] from the rest of the row. Rows go kLanes at a time through a
-// transposed copy of the block (column-major, kLanes rows side by side), so the update of column c is one
-// vector multiply-add over kLanes rows with U[j, c] broadcast, and the lanes' dependency chains interleave.
-// The update of the columns after the block (a GEMM) is left to the caller.
+// parallelises over groups of rows that the kernel (cpu/gptq_block_tile.h, one variant per instruction set)
+// processes side by side. The update of the columns after the block (a GEMM) is left to the caller.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -18,16 +15,12 @@
 #include <vector>
 
 #include "core/checks.h"
-#include "core/grid.h"
+#include "cpu/gptq_block.h"
+#include "cpu/isa.h"
 
 namespace gptq_kernels {
 namespace cpu {
 namespace {
-
-// Rows per parallel task: a task is rows * B * B / 2 multiply-adds, 16 rows of a 128-column block ~ 130k.
-constexpr int64_t kGrainRows = 16;
-// Rows processed side by side (two AVX2 or four SSE vectors).
-constexpr int kLanes = 8;
 
 // The scale as the checkpoint will hold it: clamped to the dtype's smallest normal, then rounded to it.
 template <typename T>
@@ -36,22 +29,14 @@ float round_scale(float scale) {
   return static_cast<float>(static_cast<T>(std::max(scale, tiny)));
 }
 
-using ScaleRounding = float (*)(float);
-
-// The hot loop: block[c][l] -= e[l] * u[c] for columns c in [from, to), kLanes rows at a time, written with
-// GCC/Clang vector types (two SSE or one AVX operation each): the compiler does not vectorise the scalar
-// form of this loop on its own.
-typedef float LaneVector __attribute__((vector_size(kLanes * sizeof(float))));
-static_assert(sizeof(LaneVector) == kLanes * sizeof(float), "one LaneVector holds the block's kLanes rows");
-
-inline void subtract_outer(float* block, const float* u, const float* e, int64_t from, int64_t to) {
-  LaneVector ev;
-  __builtin_memcpy(&ev, e, sizeof(ev));
-  for (int64_t c = from; c < to; ++c) {
-    LaneVector column;
-    __builtin_memcpy(&column, block + c * kLanes, sizeof(column));
-    column -= ev * u[c];
-    __builtin_memcpy(block + c * kLanes, &column, sizeof(column));
+// The variant for the instruction set cpu/isa.h selects.
+GptqBlockKernel select_gptq_block_kernel() {
+  switch (selected_cpu_isa()) {
+#if defined(GPTQ_KERNELS_X86)
+    case CpuIsa::kAvx512: return gptq_block_kernel_avx512();
+    case CpuIsa::kAvx2: return gptq_block_kernel_avx2();
+#endif
+    default: return gptq_block_kernel_generic();
   }
 }
 
@@ -75,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gptq_bloc
   const int64_t rows = weight.size(0), width = weight.size(1);
   const ScaleRounding rounding = scale_rounding(op, scale_dtype);
 
-  const at::Tensor w = weight.contiguous();  // read once into per-task working copies
+  const at::Tensor w = weight.contiguous();  // read once into each group's transposed working copy
   const at::Tensor u = hinv.contiguous();
   at::Tensor q = at::empty({rows, width}, weight.options().dtype(at::kInt));
   at::Tensor deq = at::empty({rows, width}, weight.options());
@@ -83,61 +68,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gptq_bloc
   at::Tensor scale_out = fit ? at::empty({rows, width}, weight.options()) : scale->contiguous().clone();
   at::Tensor zero_out = fit ? at::empty({rows, width}, weight.options()) : zero->contiguous().clone();
 
-  const float* pu = u.data_ptr<float>();
-  const float* pw = w.data_ptr<float>();
-  int32_t* pq = q.data_ptr<int32_t>();
-  float* pd = deq.data_ptr<float>();
-  float* pe = err.data_ptr<float>();
-  float* ps = scale_out.data_ptr<float>();
-  float* pz = zero_out.data_ptr<float>();
-  const int b = static_cast<int>(bits);
-
-  at::parallel_for(0, rows, kGrainRows, [&](int64_t r0, int64_t r1) {
-    std::vector<float> block(static_cast<size_t>(width) * kLanes);  // block[c * kLanes + l] = row r + l, column c
-    for (int64_t r = r0; r < r1; r += kLanes) {
-      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, r1 - r));
-      std::fill(block.begin(), block.end(), 0.0f);  // unused lanes stay 0 and get error 0
-      for (int l = 0; l < lanes; ++l) {
-        for (int64_t c = 0; c < width; ++c) block[c * kLanes + l] = pw[(r + l) * width + c];
-      }
-      float s[kLanes] = {}, z[kLanes] = {}, e[kLanes];
-      for (int64_t j = 0; j < width; ++j) {
-        const float* u_row = pu + j * width;
-        float* col = block.data() + j * kLanes;
-        for (int l = 0; l < lanes; ++l) {
-          const int64_t at = (r + l) * width + j;
-          if (fit) {
-            if ((column_offset + j) % group_size == 0) {
-              // The group's grid comes from its columns as they are now: already corrected for the errors
-              // of every column quantized before it, as in the per-column algorithm.
-              const int64_t end = std::min(width, j + group_size);
-              float lo = col[l], hi = col[l];
-              for (int64_t c = j + 1; c < end; ++c) {
-                lo = std::min(lo, block[c * kLanes + l]);
-                hi = std::max(hi, block[c * kLanes + l]);
-              }
-              const core::Grid g = core::fit_grid(lo, hi, b, sym);
-              s[l] = rounding(g.scale);
-              z[l] = g.zero;
-            }
-            ps[at] = s[l];
-            pz[at] = z[l];
-          } else {
-            s[l] = ps[at];
-            z[l] = pz[at];
-          }
-          const float x = col[l];
-          const float qv = core::quantize_value(x, s[l], z[l], b);
-          const float dq = core::dequantize_value(qv, s[l], z[l]);
-          e[l] = (x - dq) / u_row[j];
-          pq[at] = static_cast<int32_t>(qv);
-          pd[at] = dq;
-          pe[at] = e[l];
-        }
-        for (int l = lanes; l < kLanes; ++l) e[l] = 0.0f;
-        subtract_outer(block.data(), u_row, e, j + 1, width);
-      }
-    }
+  static const GptqBlockKernel kernel = select_gptq_block_kernel();
+  const GptqBlockProblem problem{w.data_ptr<float>(), u.data_ptr<float>(), rows, width, static_cast<int>(bits),
+                                 sym, fit, group_size, column_offset, rounding, q.data_ptr<int32_t>(),
+                                 deq.data_ptr<float>(), err.data_ptr<float>(), scale_out.data_ptr<float>(),
+                                 zero_out.data_ptr<float>()};
+  const int64_t groups = (rows + kernel.rows_per_group - 1) / kernel.rows_per_group;
+  // A group of rows is rows_per_group * width^2 / 2 multiply-subtracts (100k to 500k in a 128-column block):
+  // enough work per task.
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> workspace(static_cast<size_t>(kernel.workspace_floats(width)));
+    kernel.rows(problem, g0 * kernel.rows_per_group, std::min(rows, g1 * kernel.rows_per_group),
+                workspace.data());
   });
   return {q, deq, err, scale_out, zero_out};
 }
