@@ -100,9 +100,11 @@ def prepare_hessian(hessian: torch.Tensor, *, desc_act: bool = False, damp_perce
         raise ValueError(f"{label}: damp_percent must be in [0, 1), got {damp_percent!r}")
     if not _all_finite(hessian):
         raise ValueError(f"{label}: the Hessian contains NaN or Inf (were the calibration activations finite?)")
-    H = hessian.detach().to(torch.float32).clone()
+    H = hessian.detach().to(torch.float32)
     dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
+    if bool(dead.any()):  # copied only when changed: the factorisation never writes to H
+        H = H.clone()
+        H[dead, dead] = 1.0
     perm = None
     if desc_act:
         perm = torch.argsort(torch.diag(H), descending=True)
@@ -189,8 +191,10 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
     rows, columns = weight.shape
     dead, perm, R, damp_used = hessian.dead, hessian.perm, hessian.cholesky, hessian.damp_percent
 
-    W = weight.detach().to(torch.float32).clone()
-    W[:, dead] = 0.0
+    W = weight.detach().to(torch.float32)  # read only below
+    if bool(dead.any()):
+        W = W.clone()
+        W[:, dead] = 0.0
 
     # Grids fixed before the loop: one for the whole row (group_size -1) or, with static groups, one per
     # group of the original channel order, both from the unquantized weight.

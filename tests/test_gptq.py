@@ -484,3 +484,14 @@ def test_invert_lower_triangular(n):
     a = torch.randn(n, n, dtype=torch.float64)
     lower = torch.linalg.cholesky(a @ a.t() + n * torch.eye(n, dtype=torch.float64))
     torch.testing.assert_close(gptq.invert_lower_triangular(lower) @ lower, torch.eye(n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(desc_act=True), dict(act_group_aware=True)])
+def test_inputs_are_left_untouched(options):
+    x = correlated_inputs(128)
+    x[:, 3] = 0.0  # a dead channel: its weights are zeroed and its diagonal patched, in copies
+    h = hessian_of(x).float()
+    w = random_weight(32, 128)
+    h_before, w_before = h.clone(), w.clone()
+    quantize_weight(w, h, bits=4, group_size=32, **options)
+    assert torch.equal(h, h_before) and torch.equal(w, w_before)
