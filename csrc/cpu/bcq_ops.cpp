@@ -10,14 +10,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "core/bcq.h"
 #include "core/bcq_checks.h"
 #include "core/checks.h"
 #include "cpu/bcq_lut.h"
+#include "cpu/isa.h"
 
 namespace gptq_kernels {
 namespace cpu {
@@ -30,26 +29,16 @@ constexpr int64_t kLutMaxRowsFused = 32;
 // Columns per dequantized tile of the large-batch path: K * tile width floats stay within this many bytes.
 constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
 
-// The widest instruction set this CPU has, unless GPTQ_KERNELS_CPU_ISA (generic, avx2, avx512) names one, as for
-// the uniform gemm (cpu/gemm.cpp): the tests use it to run every variant a machine can execute.
+// The variant for the instruction-set level cpu/isa.h selects (the avx512 one at the avx512bf16 level).
 BcqKernels select_kernels() {
-  const char* env = std::getenv("GPTQ_KERNELS_CPU_ISA");
-  const std::string forced = env ? env : "";
-  bool has_avx2 = false, has_avx512 = false;
+  switch (selected_cpu_isa()) {
 #if defined(GPTQ_KERNELS_X86)
-  __builtin_cpu_init();
-  has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f");
+    case CpuIsa::kAvx512Bf16:
+    case CpuIsa::kAvx512: return bcq_kernels_avx512();
+    case CpuIsa::kAvx2: return bcq_kernels_avx2();
 #endif
-  TORCH_CHECK(forced.empty() || forced == "generic" || forced == "avx2" || forced == "avx512",
-              "GPTQ_KERNELS_CPU_ISA must be generic, avx2 or avx512, got '", forced, "'");
-  TORCH_CHECK(forced != "avx2" || has_avx2, "GPTQ_KERNELS_CPU_ISA=avx2, but this CPU or build lacks AVX2/FMA/F16C");
-  TORCH_CHECK(forced != "avx512" || has_avx512, "GPTQ_KERNELS_CPU_ISA=avx512, but this CPU or build lacks AVX-512F");
-#if defined(GPTQ_KERNELS_X86)
-  if (forced == "avx512" || (forced.empty() && has_avx512)) return bcq_kernels_avx512();
-  if (forced == "avx2" || (forced.empty() && has_avx2)) return bcq_kernels_avx2();
-#endif
-  return bcq_kernels_generic();
+    default: return bcq_kernels_generic();
+  }
 }
 
 ScaleType scale_type_of(const at::Tensor& t) {

@@ -2,55 +2,51 @@
 //
 // Two paths:
 //  * few rows (M <= kFusedMaxRows) and groups that do not split a 32-row block: the fused kernel of
-//    cpu/gemv_tile.h, which reads each packed weight once and never forms the dequantized matrix;
+//    cpu/gemv_tile.h, which reads each packed weight once and never forms the dequantized matrix (for bf16
+//    activations on CPUs with AVX512_BF16, its vdpbf16ps variant: cpu/bf16_pairs.h);
 //  * otherwise (large batches, or act-order g_idx that has not been reordered): dequantize a tile of
 //    columns to fp32 and multiply it with the BLAS GEMM, whose speed a hand-written kernel would not beat.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "core/bitpack.h"
 #include "core/checks.h"
+#include "cpu/bf16_pairs.h"
 #include "cpu/dequant.h"
 #include "cpu/gemv.h"
+#include "cpu/isa.h"
 
 namespace gptq_kernels {
 namespace cpu {
 namespace {
 
-// Above this many rows, decoding the weights once per 4 rows costs more than dequantize + BLAS.
+// Above this many rows, decoding the weights once per row band costs more than dequantize + BLAS.
 constexpr int64_t kFusedMaxRows = 32;
 // Columns per dequantized tile of the large-batch path: K * tile width floats stay within this many bytes.
 constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
 
-using GemvTilesFn = void (*)(const GemvProblem&, int64_t, int64_t);
+// The fused kernels for the instruction-set level cpu/isa.h selects: one for fp32 activations (fp16 ones are
+// converted to fp32) and one for bf16 activations, which at the avx512bf16 level is the vdpbf16ps kernel.
+struct FusedKernels {
+  const GemvKernel* fp32;
+  const GemvKernel* bf16;
+};
 
-// The widest instruction set this CPU has, unless GPTQ_KERNELS_CPU_ISA (generic, avx2, avx512) names one:
-// the tests use that to run every variant a machine can execute.
-GemvTilesFn select_gemv_kernel() {
-  const char* env = std::getenv("GPTQ_KERNELS_CPU_ISA");
-  const std::string forced = env ? env : "";
-  bool has_avx2 = false, has_avx512 = false;
+FusedKernels select_fused_kernels() {
+  switch (selected_cpu_isa()) {
 #if defined(GPTQ_KERNELS_X86)
-  __builtin_cpu_init();
-  has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f");
+    case CpuIsa::kAvx512Bf16: return {&kGemvAvx512, &kGemvAvx512Bf16};
+    case CpuIsa::kAvx512: return {&kGemvAvx512, &kGemvAvx512};
+    case CpuIsa::kAvx2: return {&kGemvAvx2, &kGemvAvx2};
 #endif
-  TORCH_CHECK(forced.empty() || forced == "generic" || forced == "avx2" || forced == "avx512",
-              "GPTQ_KERNELS_CPU_ISA must be generic, avx2 or avx512, got '", forced, "'");
-  TORCH_CHECK(forced != "avx2" || has_avx2, "GPTQ_KERNELS_CPU_ISA=avx2, but this CPU or build lacks AVX2/FMA/F16C");
-  TORCH_CHECK(forced != "avx512" || has_avx512, "GPTQ_KERNELS_CPU_ISA=avx512, but this CPU or build lacks AVX-512F");
-#if defined(GPTQ_KERNELS_X86)
-  if (forced == "avx512" || (forced.empty() && has_avx512)) return &gemv_tiles_avx512;
-  if (forced == "avx2" || (forced.empty() && has_avx2)) return &gemv_tiles_avx2;
-#endif
-  return &gemv_tiles_generic;
+    default: return {&kGemvGeneric, &kGemvGeneric};
+  }
 }
 
 // Runs of 32-row blocks that share one group, or false when some block mixes groups.
@@ -85,9 +81,68 @@ ScaleType scale_type_of(const at::Tensor& scales) {
   }
 }
 
-at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, const at::Tensor& qweight,
+// Calls f(m0, rows) for each row band of band_rows rows (the last one may be shorter): the activation layout of
+// GemvProblem, where the band of rows [m0, m0 + rows) stores position i of row m0 + r at i * rows + r.
+template <class F>
+void for_each_band(int64_t m, int band_rows, F&& f) {
+  for (int64_t m0 = 0; m0 < m; m0 += band_rows) f(m0, std::min<int64_t>(band_rows, m - m0));
+}
+
+// fp32 kernels: x[r, k] * 2^x_scale_exponent(bits, k % 32), banded.
+at::Tensor arrange_x(const at::Tensor& x, int bits, int band_rows) {
+  const int64_t m = x.size(0), k = x.size(1);
+  float position_scale[core::kBlockValues];
+  for (int j = 0; j < core::kBlockValues; ++j) position_scale[j] = std::ldexp(1.0f, x_scale_exponent(bits, j));
+  at::Tensor out = at::empty_like(x);
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for_each_band(m, band_rows, [&](int64_t m0, int64_t rows) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < k; ++i) dst[m0 * k + i * rows + r] = src[(m0 + r) * k + i] * position_scale[i % 32];
+    }
+  });
+  return out;
+}
+
+// The bf16 kernel: lane p of each block holds bf16(x[low] 2^-low_offset) | bf16(x[high] 2^-high_offset) << 16
+// (cpu/bf16_pairs.h), banded. x holds bf16 values (as fp32), so the products by powers of two are exact. Also
+// returns 128 * the sum of the lane values over each segment, which the kernel takes out of its sums.
+at::Tensor arrange_x_pairs(const at::Tensor& x, int bits, int band_rows, const Segments& segments,
+                           std::vector<float>& pair_bias) {
+  const int64_t m = x.size(0), k = x.size(1), lanes_per_row = k / 2;
+  const int64_t num_segments = static_cast<int64_t>(segments.group.size());
+  Bf16Pair plan[kPairsPerBlock];
+  for (int p = 0; p < kPairsPerBlock; ++p) plan[p] = bf16_pair(bits, p);
+  at::Tensor out = at::empty({m, lanes_per_row}, x.options().dtype(at::kInt));
+  const float* src = x.data_ptr<float>();
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  pair_bias.assign(m * num_segments, 0.0f);
+  for_each_band(m, band_rows, [&](int64_t m0, int64_t rows) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = src + (m0 + r) * k;
+      for (int64_t s = 0; s < num_segments; ++s) {
+        double sum = 0;
+        for (int64_t b = segments.begin[s]; b < segments.begin[s + 1]; ++b) {
+          for (int p = 0; p < kPairsPerBlock; ++p) {
+            const c10::BFloat16 low(std::ldexp(row[b * 32 + plan[p].low], -plan[p].low_offset));
+            const c10::BFloat16 high(std::ldexp(row[b * 32 + plan[p].high], -plan[p].high_offset));
+            dst[m0 * lanes_per_row + (b * kPairsPerBlock + p) * rows + r] =
+                uint32_t{low.x} | uint32_t{high.x} << 16;
+            sum += static_cast<double>(static_cast<float>(low)) + static_cast<float>(high);
+          }
+        }
+        pair_bias[(m0 + r) * num_segments + s] = static_cast<float>(kBf16PairBias * sum);
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, bool x_is_bf16, const at::Tensor& qweight,
                       const at::Tensor& qzeros, const at::Tensor& scales, const Segments& segments) {
-  static const GemvTilesFn kernel = select_gemv_kernel();
+  static const FusedKernels kernels = select_fused_kernels();
+  const int bits = static_cast<int>(geo.bits);
+  const GemvKernel& kernel = x_is_bf16 && has_bf16_pairs(bits) ? *kernels.bf16 : *kernels.fp32;
   const int64_t m = x.size(0), num_segments = static_cast<int64_t>(segments.group.size());
   const float* xp = x.data_ptr<float>();
   // Per-row sums of x over each segment, in double: the zero-point term subtracts zero * sum(x) from
@@ -100,21 +155,22 @@ at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, const
       x_sums[r * num_segments + s] = static_cast<float>(sum);
     }
   }
-  float position_scale[core::kBlockValues];
-  for (int j = 0; j < core::kBlockValues; ++j) {
-    position_scale[j] = std::ldexp(1.0f, x_scale_exponent(static_cast<int>(geo.bits), j));
-  }
-  at::Tensor x_scaled = at::empty_like(x);
-  float* xs = x_scaled.data_ptr<float>();
-  for (int64_t i = 0; i < x.numel(); ++i) xs[i] = xp[i] * position_scale[i % core::kBlockValues];
+  std::vector<float> pair_bias;
+  const at::Tensor x_arranged = kernel.bf16_pairs ? arrange_x_pairs(x, bits, kernel.band_rows, segments, pair_bias)
+                                                  : arrange_x(x, bits, kernel.band_rows);
 
   at::Tensor y = at::zeros({m, geo.n}, x.options());
   GemvProblem p{};
-  p.x = xs;
+  if (kernel.bf16_pairs) {
+    p.x_pairs = reinterpret_cast<const uint32_t*>(x_arranged.data_ptr<int32_t>());
+    p.x_pair_bias = pair_bias.data();
+  } else {
+    p.x = x_arranged.data_ptr<float>();
+  }
   p.m = m;
   p.k = geo.k;
   p.n = geo.n;
-  p.bits = static_cast<int>(geo.bits);
+  p.bits = bits;
   p.qweight = reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>());
   p.qzeros = reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>());
   p.scales = scales.data_ptr();
@@ -124,7 +180,7 @@ at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, const
   p.segment_group = segments.group.data();
   p.x_segment_sums = x_sums.data();
   p.y = y.data_ptr<float>();
-  at::parallel_for(0, geo.n / kTileColumns, 1, [&](int64_t t0, int64_t t1) { kernel(p, t0, t1); });
+  at::parallel_for(0, geo.n / kTileColumns, 1, [&](int64_t t0, int64_t t1) { kernel.tiles(p, t0, t1); });
   return y;
 }
 
@@ -165,7 +221,7 @@ at::Tensor gemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Te
   Segments segments;
   at::Tensor y;
   if (x2.size(0) <= kFusedMaxRows && block_segments(geo, g, segments)) {
-    y = fused_gemv(geo, x2, qweight, qzeros, scales, segments);
+    y = fused_gemv(geo, x2, x.scalar_type() == at::kBFloat16, qweight, qzeros, scales, segments);
   } else {
     y = dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx.has_value() ? *g_idx : at::Tensor());
   }
