@@ -8,11 +8,11 @@
 //    columns to fp32 and multiply it with the BLAS GEMM, whose speed a hand-written kernel would not beat.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/bitpack.h"
@@ -61,8 +61,12 @@ bool block_segments(const core::QuantGeometry& geo, const int32_t* g_idx, Segmen
     const int64_t k0 = b * core::kBlockValues;
     auto group_of = [&](int64_t k) { return g_idx ? int64_t{g_idx[k]} : core::group_of(k, geo.group_size); };
     const int64_t g = group_of(k0);
-    for (int64_t k = k0 + 1; k < k0 + core::kBlockValues; ++k) {
-      if (group_of(k) != g) return false;
+    if (g_idx) {
+      for (int64_t k = k0 + 1; k < k0 + core::kBlockValues; ++k) {
+        if (g_idx[k] != g) return false;
+      }
+    } else if (group_of(k0 + core::kBlockValues - 1) != g) {  // k / group_size never decreases: the ends decide
+      return false;
     }
     if (out.group.empty() || out.group.back() != g) {
       out.begin.push_back(b);
@@ -88,6 +92,16 @@ void for_each_band(int64_t m, int band_rows, F&& f) {
   for (int64_t m0 = 0; m0 < m; m0 += band_rows) f(m0, std::min<int64_t>(band_rows, m - m0));
 }
 
+// Sum of n floats (a multiple of 8) in double, over independent partial sums so that the additions do not wait
+// on one another: at batch 16 a single chain of them took longer than the fp32 kernel's arithmetic on one tile row.
+double sum_in_double(const float* v, int64_t n) {
+  double partial[8] = {};
+  for (int64_t i = 0; i < n; i += 8) {
+    for (int j = 0; j < 8; ++j) partial[j] += v[i + j];
+  }
+  return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+}
+
 // fp32 kernels: x[r, k] * 2^x_scale_exponent(bits, k % 32), banded.
 at::Tensor arrange_x(const at::Tensor& x, int bits, int band_rows) {
   const int64_t m = x.size(0), k = x.size(1);
@@ -98,21 +112,44 @@ at::Tensor arrange_x(const at::Tensor& x, int bits, int band_rows) {
   float* dst = out.data_ptr<float>();
   for_each_band(m, band_rows, [&](int64_t m0, int64_t rows) {
     for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t i = 0; i < k; ++i) dst[m0 * k + i * rows + r] = src[(m0 + r) * k + i] * position_scale[i % 32];
+      const float* row = src + (m0 + r) * k;
+      float* band = dst + m0 * k + r;
+      for (int64_t i = 0; i < k; i += core::kBlockValues) {
+        for (int j = 0; j < core::kBlockValues; ++j) band[(i + j) * rows] = row[i + j] * position_scale[j];
+      }
     }
   });
   return out;
 }
 
 // The bf16 kernel: lane p of each block holds bf16(x[low] 2^-low_offset) | bf16(x[high] 2^-high_offset) << 16
-// (cpu/bf16_pairs.h), banded. x holds bf16 values (as fp32), so the products by powers of two are exact. Also
-// returns 128 * the sum of the lane values over each segment, which the kernel takes out of its sums.
+// (cpu/bf16_pairs.h), banded. x holds bf16 values (as fp32), so the products by powers of two are bf16 values too
+// and their top halves are exact. Also fills pair_bias with 128 * the sum of the lane values over each segment,
+// which the kernel takes out of its sums.
 at::Tensor arrange_x_pairs(const at::Tensor& x, int bits, int band_rows, const Segments& segments,
                            std::vector<float>& pair_bias) {
   const int64_t m = x.size(0), k = x.size(1), lanes_per_row = k / 2;
   const int64_t num_segments = static_cast<int64_t>(segments.group.size());
-  Bf16Pair plan[kPairsPerBlock];
-  for (int p = 0; p < kPairsPerBlock; ++p) plan[p] = bf16_pair(bits, p);
+  int low[kPairsPerBlock], high[kPairsPerBlock];
+  float low_scale[kPairsPerBlock], high_scale[kPairsPerBlock];
+  for (int p = 0; p < kPairsPerBlock; ++p) {
+    const Bf16Pair pair = bf16_pair(bits, p);
+    low[p] = pair.low;
+    high[p] = pair.high;
+    low_scale[p] = std::ldexp(1.0f, -pair.low_offset);
+    high_scale[p] = std::ldexp(1.0f, -pair.high_offset);
+  }
+  auto top_half = [](float v) {
+    uint32_t bits32;
+    std::memcpy(&bits32, &v, sizeof(bits32));
+    return bits32 >> 16;
+  };
+  auto from_top_half = [](uint32_t half) {
+    const uint32_t bits32 = half << 16;
+    float v;
+    std::memcpy(&v, &bits32, sizeof(v));
+    return v;
+  };
   at::Tensor out = at::empty({m, lanes_per_row}, x.options().dtype(at::kInt));
   const float* src = x.data_ptr<float>();
   uint32_t* dst = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
@@ -120,17 +157,19 @@ at::Tensor arrange_x_pairs(const at::Tensor& x, int bits, int band_rows, const S
   for_each_band(m, band_rows, [&](int64_t m0, int64_t rows) {
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = src + (m0 + r) * k;
+      uint32_t* band = dst + m0 * lanes_per_row + r;
       for (int64_t s = 0; s < num_segments; ++s) {
-        double sum = 0;
+        double sums[kPairsPerBlock] = {};  // one per lane: independent additions
         for (int64_t b = segments.begin[s]; b < segments.begin[s + 1]; ++b) {
+          const float* block = row + b * core::kBlockValues;
           for (int p = 0; p < kPairsPerBlock; ++p) {
-            const c10::BFloat16 low(std::ldexp(row[b * 32 + plan[p].low], -plan[p].low_offset));
-            const c10::BFloat16 high(std::ldexp(row[b * 32 + plan[p].high], -plan[p].high_offset));
-            dst[m0 * lanes_per_row + (b * kPairsPerBlock + p) * rows + r] =
-                uint32_t{low.x} | uint32_t{high.x} << 16;
-            sum += static_cast<double>(static_cast<float>(low)) + static_cast<float>(high);
+            const uint32_t lo = top_half(block[low[p]] * low_scale[p]), hi = top_half(block[high[p]] * high_scale[p]);
+            band[(b * kPairsPerBlock + p) * rows] = lo | hi << 16;
+            sums[p] += static_cast<double>(from_top_half(lo)) + from_top_half(hi);
           }
         }
+        double sum = 0;
+        for (double v : sums) sum += v;
         pair_bias[(m0 + r) * num_segments + s] = static_cast<float>(kBf16PairBias * sum);
       }
     }
@@ -150,16 +189,15 @@ at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, bool 
   std::vector<float> x_sums(m * num_segments);
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t s = 0; s < num_segments; ++s) {
-      double sum = 0;
-      for (int64_t k = segments.begin[s] * 32; k < segments.begin[s + 1] * 32; ++k) sum += xp[r * geo.k + k];
-      x_sums[r * num_segments + s] = static_cast<float>(sum);
+      const int64_t k0 = segments.begin[s] * core::kBlockValues, k1 = segments.begin[s + 1] * core::kBlockValues;
+      x_sums[r * num_segments + s] = static_cast<float>(sum_in_double(xp + r * geo.k + k0, k1 - k0));
     }
   }
   std::vector<float> pair_bias;
   const at::Tensor x_arranged = kernel.bf16_pairs ? arrange_x_pairs(x, bits, kernel.band_rows, segments, pair_bias)
                                                   : arrange_x(x, bits, kernel.band_rows);
 
-  at::Tensor y = at::zeros({m, geo.n}, x.options());
+  at::Tensor y = at::empty({m, geo.n}, x.options());  // the kernel's first segment writes it
   GemvProblem p{};
   if (kernel.bf16_pairs) {
     p.x_pairs = reinterpret_cast<const uint32_t*>(x_arranged.data_ptr<int32_t>());

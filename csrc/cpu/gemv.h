@@ -38,7 +38,7 @@ struct GemvProblem {
   const int64_t* segment_group;  // [num_segments]
   const float* x_segment_sums;   // [m, num_segments]: sum of the unscaled x over each segment's rows
   const float* x_pair_bias;      // bf16 kernel, [m, num_segments]: 128 * sum of the paired (pre-scaled) x
-  float* y;                      // [m, n] fp32, zeroed by the caller; the kernel accumulates into it
+  float* y;                      // [m, n] fp32: the first segment writes it, the others add to it
 };
 
 constexpr int64_t kTileColumns = 32;

@@ -27,6 +27,10 @@ struct VecAvx2 {
   using F = __m256;
   using I = __m256i;
   static I load_u32(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I load_u32_first(const uint32_t* p, int count) {  // masked: no fault past the last word
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane));
+  }
   template <int S>
   static I srl(I v) { return S == 0 ? v : _mm256_srli_epi32(v, S); }
   template <int S>

@@ -21,6 +21,11 @@ struct VecGeneric {
   struct F { float v[kLanes]; };
   struct I { uint32_t v[kLanes]; };
   static I load_u32(const uint32_t* p) { I r; for (int i = 0; i < kLanes; ++i) r.v[i] = p[i]; return r; }
+  static I load_u32_first(const uint32_t* p, int count) {
+    I r{};
+    for (int i = 0; i < count; ++i) r.v[i] = p[i];
+    return r;
+  }
   template <int S>
   static I srl(I a) { for (auto& e : a.v) e >>= S; return a; }
   template <int S>

@@ -19,6 +19,9 @@ struct VecAvx512 {
   using F = __m512;
   using I = __m512i;
   static I load_u32(const uint32_t* p) { return _mm512_loadu_si512(p); }
+  static I load_u32_first(const uint32_t* p, int count) {  // masked: no fault past the last word
+    return _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << count) - 1), p);
+  }
   template <int S>
   static I srl(I v) { return S == 0 ? v : _mm512_srli_epi32(v, S); }
   template <int S>
