@@ -178,34 +178,43 @@ sys.path.insert(0, 'tests')
 from bitstream import expected_weight_t, random_layer
 from gptq_kernels import ops
 torch.manual_seed(0)
-worst = 0.0
+worst = {torch.float32: 0.0, torch.bfloat16: 0.0}
 for bits in (2, 3, 4, 8):
     for group_size in (32, 128, -1):
-        t, q, scale, zero, g_idx = random_layer(576, 96, bits, group_size, sym=bits == 3)
-        for rows in (1, 2, 3, 5, 32):
-            x = torch.randn(rows, 576)
-            y = ops.gemm(x, t["qweight"], t["qzeros"], t["scales"], None, None, bits, group_size)
-            ref = x.double() @ expected_weight_t(q, scale, zero, g_idx)
-            worst = max(worst, ((y.double() - ref).norm() / ref.norm()).item())
-print(worst)
+        t, q, scale, zero, g_idx = random_layer(576, 96, bits, group_size)  # asymmetric, with zero points of 0
+        w_t = expected_weight_t(q, scale, zero, g_idx)
+        for rows in (1, 2, 3, 5, 7, 9, 15, 17, 31, 32):  # whole and partial row bands of every variant
+            for dtype in worst:
+                x = torch.randn(rows, 576).to(dtype)
+                y = ops.gemm(x, t["qweight"], t["qzeros"], t["scales"], None, None, bits, group_size)
+                ref = x.double() @ w_t
+                worst[dtype] = max(worst[dtype], ((y.double() - ref).norm() / ref.norm()).item())
+print(worst[torch.float32], worst[torch.bfloat16])
 """
 
+CPU_FLAGS = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+ISA_FLAGS = {"generic": [], "avx2": ["avx2", "fma", "f16c"], "avx512": ["avx2", "fma", "f16c", "avx512f"],
+             "avx512bf16": ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16"]}
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+
+@pytest.mark.parametrize("isa", list(ISA_FLAGS))
 def test_every_cpu_instruction_set_variant(isa):
-    """Each vector width of the fused kernel, forced through GPTQ_KERNELS_CPU_ISA in a fresh process."""
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if isa == "avx2" and " avx2" not in flags or isa == "avx512" and " avx512f" not in flags:
+    """Each variant of the fused kernel, forced through GPTQ_KERNELS_CPU_ISA in a fresh process, with fp32 and bf16
+    activations (avx512bf16 runs its vdpbf16ps kernel for bf16 at 2, 3 and 4 bits)."""
+    if any(f" {flag}" not in CPU_FLAGS for flag in ISA_FLAGS[isa]):
         pytest.skip(f"this CPU cannot run the {isa} kernel")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, GPTQ_KERNELS_CPU_ISA=isa, PYTHONPATH=root)
     out = subprocess.run([sys.executable, "-c", ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout.strip().splitlines()[-1]) < 1e-5
+    fp32_error, bf16_error = (float(v) for v in out.stdout.strip().splitlines()[-1].split())
+    assert fp32_error < 1e-5
+    # Rounding the output to bf16 alone costs about 2e-3; a weight decoded wrongly would cost far more.
+    assert bf16_error < 5e-3
 
 
 def test_unknown_isa_is_rejected():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, GPTQ_KERNELS_CPU_ISA="sse9", PYTHONPATH=root)
     out = subprocess.run([sys.executable, "-c", ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
-    assert out.returncode != 0 and "GPTQ_KERNELS_CPU_ISA must be generic, avx2 or avx512, got 'sse9'" in out.stderr
+    assert out.returncode != 0 and "GPTQ_KERNELS_CPU_ISA must be generic, avx2, avx512 or avx512bf16, got 'sse9'" in out.stderr

@@ -29,10 +29,11 @@ constexpr int64_t kLutMaxRowsFused = 32;
 // Columns per dequantized tile of the large-batch path: K * tile width floats stay within this many bytes.
 constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
 
-// The variant for the instruction set cpu/isa.h selects, as for the uniform gemm (cpu/gemm.cpp).
+// The variant for the instruction-set level cpu/isa.h selects (the avx512 one at the avx512bf16 level).
 BcqKernels select_kernels() {
   switch (selected_cpu_isa()) {
 #if defined(GPTQ_KERNELS_X86)
+    case CpuIsa::kAvx512Bf16:
     case CpuIsa::kAvx512: return bcq_kernels_avx512();
     case CpuIsa::kAvx2: return bcq_kernels_avx2();
 #endif

@@ -2,7 +2,8 @@
 //
 // Two paths:
 //  * few rows (M <= kFusedMaxRows) and groups that do not split a 32-row block: the fused kernel of
-//    cpu/gemv_tile.h, which reads each packed weight once and never forms the dequantized matrix;
+//    cpu/gemv_tile.h, which reads each packed weight once and never forms the dequantized matrix (for bf16
+//    activations on CPUs with AVX512_BF16, its vdpbf16ps variant: cpu/bf16_pairs.h);
 //  * otherwise (large batches, or act-order g_idx that has not been reordered): dequantize a tile of
 //    columns to fp32 and multiply it with the BLAS GEMM, whose speed a hand-written kernel would not beat.
 #include <ATen/ATen.h>
@@ -11,10 +12,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/bitpack.h"
 #include "core/checks.h"
+#include "cpu/bf16_pairs.h"
 #include "cpu/dequant.h"
 #include "cpu/gemv.h"
 #include "cpu/isa.h"
@@ -23,21 +26,26 @@ namespace gptq_kernels {
 namespace cpu {
 namespace {
 
-// Above this many rows, decoding the weights once per 4 rows costs more than dequantize + BLAS.
+// Above this many rows, decoding the weights once per row band costs more than dequantize + BLAS.
 constexpr int64_t kFusedMaxRows = 32;
 // Columns per dequantized tile of the large-batch path: K * tile width floats stay within this many bytes.
 constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
 
-using GemvTilesFn = void (*)(const GemvProblem&, int64_t, int64_t);
+// The fused kernels for the instruction-set level cpu/isa.h selects: one for fp32 activations (fp16 ones are
+// converted to fp32) and one for bf16 activations, which at the avx512bf16 level is the vdpbf16ps kernel.
+struct FusedKernels {
+  const GemvKernel* fp32;
+  const GemvKernel* bf16;
+};
 
-// The variant for the instruction set cpu/isa.h selects.
-GemvTilesFn select_gemv_kernel() {
+FusedKernels select_fused_kernels() {
   switch (selected_cpu_isa()) {
 #if defined(GPTQ_KERNELS_X86)
-    case CpuIsa::kAvx512: return &gemv_tiles_avx512;
-    case CpuIsa::kAvx2: return &gemv_tiles_avx2;
+    case CpuIsa::kAvx512Bf16: return {&kGemvAvx512, &kGemvAvx512Bf16};
+    case CpuIsa::kAvx512: return {&kGemvAvx512, &kGemvAvx512};
+    case CpuIsa::kAvx2: return {&kGemvAvx2, &kGemvAvx2};
 #endif
-    default: return &gemv_tiles_generic;
+    default: return {&kGemvGeneric, &kGemvGeneric};
   }
 }
 
@@ -53,8 +61,12 @@ bool block_segments(const core::QuantGeometry& geo, const int32_t* g_idx, Segmen
     const int64_t k0 = b * core::kBlockValues;
     auto group_of = [&](int64_t k) { return g_idx ? int64_t{g_idx[k]} : core::group_of(k, geo.group_size); };
     const int64_t g = group_of(k0);
-    for (int64_t k = k0 + 1; k < k0 + core::kBlockValues; ++k) {
-      if (group_of(k) != g) return false;
+    if (g_idx) {
+      for (int64_t k = k0 + 1; k < k0 + core::kBlockValues; ++k) {
+        if (g_idx[k] != g) return false;
+      }
+    } else if (group_of(k0 + core::kBlockValues - 1) != g) {  // k / group_size never decreases: the ends decide
+      return false;
     }
     if (out.group.empty() || out.group.back() != g) {
       out.begin.push_back(b);
@@ -73,9 +85,103 @@ ScaleType scale_type_of(const at::Tensor& scales) {
   }
 }
 
-at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, const at::Tensor& qweight,
+// Calls f(m0, rows) for each row band of band_rows rows (the last one may be shorter): the activation layout of
+// GemvProblem, where the band of rows [m0, m0 + rows) stores position i of row m0 + r at i * rows + r.
+template <class F>
+void for_each_band(int64_t m, int band_rows, F&& f) {
+  for (int64_t m0 = 0; m0 < m; m0 += band_rows) f(m0, std::min<int64_t>(band_rows, m - m0));
+}
+
+// Sum of n floats (a multiple of 8) in double, over independent partial sums so that the additions do not wait
+// on one another: at batch 16 a single chain of them took longer than the fp32 kernel's arithmetic on one tile row.
+double sum_in_double(const float* v, int64_t n) {
+  double partial[8] = {};
+  for (int64_t i = 0; i < n; i += 8) {
+    for (int j = 0; j < 8; ++j) partial[j] += v[i + j];
+  }
+  return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+}
+
+// fp32 kernels: x[r, k] * 2^x_scale_exponent(bits, k % 32), banded.
+at::Tensor arrange_x(const at::Tensor& x, int bits, int band_rows) {
+  const int64_t m = x.size(0), k = x.size(1);
+  float position_scale[core::kBlockValues];
+  for (int j = 0; j < core::kBlockValues; ++j) position_scale[j] = std::ldexp(1.0f, x_scale_exponent(bits, j));
+  at::Tensor out = at::empty_like(x);
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for_each_band(m, band_rows, [&](int64_t m0, int64_t rows) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = src + (m0 + r) * k;
+      float* band = dst + m0 * k + r;
+      for (int64_t i = 0; i < k; i += core::kBlockValues) {
+        for (int j = 0; j < core::kBlockValues; ++j) band[(i + j) * rows] = row[i + j] * position_scale[j];
+      }
+    }
+  });
+  return out;
+}
+
+// The bf16 kernel: lane p of each block holds bf16(x[low] 2^-low_offset) | bf16(x[high] 2^-high_offset) << 16
+// (cpu/bf16_pairs.h), banded. x holds bf16 values (as fp32), so the products by powers of two are bf16 values too
+// and their top halves are exact. Also fills pair_bias with 128 * the sum of the lane values over each segment,
+// which the kernel takes out of its sums.
+at::Tensor arrange_x_pairs(const at::Tensor& x, int bits, int band_rows, const Segments& segments,
+                           std::vector<float>& pair_bias) {
+  const int64_t m = x.size(0), k = x.size(1), lanes_per_row = k / 2;
+  const int64_t num_segments = static_cast<int64_t>(segments.group.size());
+  int low[kPairsPerBlock], high[kPairsPerBlock];
+  float low_scale[kPairsPerBlock], high_scale[kPairsPerBlock];
+  for (int p = 0; p < kPairsPerBlock; ++p) {
+    const Bf16Pair pair = bf16_pair(bits, p);
+    low[p] = pair.low;
+    high[p] = pair.high;
+    low_scale[p] = std::ldexp(1.0f, -pair.low_offset);
+    high_scale[p] = std::ldexp(1.0f, -pair.high_offset);
+  }
+  auto top_half = [](float v) {
+    uint32_t bits32;
+    std::memcpy(&bits32, &v, sizeof(bits32));
+    return bits32 >> 16;
+  };
+  auto from_top_half = [](uint32_t half) {
+    const uint32_t bits32 = half << 16;
+    float v;
+    std::memcpy(&v, &bits32, sizeof(v));
+    return v;
+  };
+  at::Tensor out = at::empty({m, lanes_per_row}, x.options().dtype(at::kInt));
+  const float* src = x.data_ptr<float>();
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  pair_bias.assign(m * num_segments, 0.0f);
+  for_each_band(m, band_rows, [&](int64_t m0, int64_t rows) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = src + (m0 + r) * k;
+      uint32_t* band = dst + m0 * lanes_per_row + r;
+      for (int64_t s = 0; s < num_segments; ++s) {
+        double sums[kPairsPerBlock] = {};  // one per lane: independent additions
+        for (int64_t b = segments.begin[s]; b < segments.begin[s + 1]; ++b) {
+          const float* block = row + b * core::kBlockValues;
+          for (int p = 0; p < kPairsPerBlock; ++p) {
+            const uint32_t lo = top_half(block[low[p]] * low_scale[p]), hi = top_half(block[high[p]] * high_scale[p]);
+            band[(b * kPairsPerBlock + p) * rows] = lo | hi << 16;
+            sums[p] += static_cast<double>(from_top_half(lo)) + from_top_half(hi);
+          }
+        }
+        double sum = 0;
+        for (double v : sums) sum += v;
+        pair_bias[(m0 + r) * num_segments + s] = static_cast<float>(kBf16PairBias * sum);
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, bool x_is_bf16, const at::Tensor& qweight,
                       const at::Tensor& qzeros, const at::Tensor& scales, const Segments& segments) {
-  static const GemvTilesFn kernel = select_gemv_kernel();
+  static const FusedKernels kernels = select_fused_kernels();
+  const int bits = static_cast<int>(geo.bits);
+  const GemvKernel& kernel = x_is_bf16 && has_bf16_pairs(bits) ? *kernels.bf16 : *kernels.fp32;
   const int64_t m = x.size(0), num_segments = static_cast<int64_t>(segments.group.size());
   const float* xp = x.data_ptr<float>();
   // Per-row sums of x over each segment, in double: the zero-point term subtracts zero * sum(x) from
@@ -83,26 +189,26 @@ at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, const
   std::vector<float> x_sums(m * num_segments);
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t s = 0; s < num_segments; ++s) {
-      double sum = 0;
-      for (int64_t k = segments.begin[s] * 32; k < segments.begin[s + 1] * 32; ++k) sum += xp[r * geo.k + k];
-      x_sums[r * num_segments + s] = static_cast<float>(sum);
+      const int64_t k0 = segments.begin[s] * core::kBlockValues, k1 = segments.begin[s + 1] * core::kBlockValues;
+      x_sums[r * num_segments + s] = static_cast<float>(sum_in_double(xp + r * geo.k + k0, k1 - k0));
     }
   }
-  float position_scale[core::kBlockValues];
-  for (int j = 0; j < core::kBlockValues; ++j) {
-    position_scale[j] = std::ldexp(1.0f, x_scale_exponent(static_cast<int>(geo.bits), j));
-  }
-  at::Tensor x_scaled = at::empty_like(x);
-  float* xs = x_scaled.data_ptr<float>();
-  for (int64_t i = 0; i < x.numel(); ++i) xs[i] = xp[i] * position_scale[i % core::kBlockValues];
+  std::vector<float> pair_bias;
+  const at::Tensor x_arranged = kernel.bf16_pairs ? arrange_x_pairs(x, bits, kernel.band_rows, segments, pair_bias)
+                                                  : arrange_x(x, bits, kernel.band_rows);
 
-  at::Tensor y = at::zeros({m, geo.n}, x.options());
+  at::Tensor y = at::empty({m, geo.n}, x.options());  // the kernel's first segment writes it
   GemvProblem p{};
-  p.x = xs;
+  if (kernel.bf16_pairs) {
+    p.x_pairs = reinterpret_cast<const uint32_t*>(x_arranged.data_ptr<int32_t>());
+    p.x_pair_bias = pair_bias.data();
+  } else {
+    p.x = x_arranged.data_ptr<float>();
+  }
   p.m = m;
   p.k = geo.k;
   p.n = geo.n;
-  p.bits = static_cast<int>(geo.bits);
+  p.bits = bits;
   p.qweight = reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>());
   p.qzeros = reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>());
   p.scales = scales.data_ptr();
@@ -112,7 +218,7 @@ at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, const
   p.segment_group = segments.group.data();
   p.x_segment_sums = x_sums.data();
   p.y = y.data_ptr<float>();
-  at::parallel_for(0, geo.n / kTileColumns, 1, [&](int64_t t0, int64_t t1) { kernel(p, t0, t1); });
+  at::parallel_for(0, geo.n / kTileColumns, 1, [&](int64_t t0, int64_t t1) { kernel.tiles(p, t0, t1); });
   return y;
 }
 
@@ -153,7 +259,7 @@ at::Tensor gemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Te
   Segments segments;
   at::Tensor y;
   if (x2.size(0) <= kFusedMaxRows && block_segments(geo, g, segments)) {
-    y = fused_gemv(geo, x2, qweight, qzeros, scales, segments);
+    y = fused_gemv(geo, x2, x.scalar_type() == at::kBFloat16, qweight, qzeros, scales, segments);
   } else {
     y = dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx.has_value() ? *g_idx : at::Tensor());
   }

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "core/bitpack.h"
+#include "cpu/bf16_pairs.h"
 #include "cpu/gemv.h"
 
 #pragma GCC push_options
@@ -21,14 +22,24 @@ namespace {
 struct VecAvx2 {
   static constexpr int kMaxRows = 2;  // 4 accumulators of the 32-column tile per row
   static constexpr int kLanes = 8;
+  static constexpr bool kWordBarrier = true;
+  static constexpr bool kBf16Pairs = false;
   using F = __m256;
   using I = __m256i;
   static I load_u32(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I load_u32_first(const uint32_t* p, int count) {  // masked: no fault past the last word
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane));
+  }
   template <int S>
   static I srl(I v) { return S == 0 ? v : _mm256_srli_epi32(v, S); }
   template <int S>
   static I sll(I v) { return _mm256_slli_epi32(v, S); }
   static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  static I add_u32(I v, uint32_t c) { return _mm256_add_epi32(v, _mm256_set1_epi32(static_cast<int>(c))); }
+  static I permute(I words, I index) { return _mm256_permutevar8x32_epi32(words, index); }
+  static I srlv(I v, I s) { return _mm256_srlv_epi32(v, s); }
+  static I sllv(I v, I s) { return _mm256_sllv_epi32(v, s); }
   static I and_mask(I v, uint32_t mask) { return _mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(mask))); }
   static F to_float(I v) { return _mm256_cvtepi32_ps(v); }
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
@@ -54,9 +65,7 @@ struct VecAvx2 {
 namespace gptq_kernels {
 namespace cpu {
 
-void gemv_tiles_avx2(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
-  gemv_tiles_for_bits<VecAvx2>(p, tile_begin, tile_end);
-}
+const GemvKernel kGemvAvx2{&gemv_tiles_for_bits<VecAvx2>, VecAvx2::kMaxRows, false};
 
 }  // namespace cpu
 }  // namespace gptq_kernels

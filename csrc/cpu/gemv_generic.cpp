@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "core/bitpack.h"
+#include "cpu/bf16_pairs.h"
 #include "cpu/gemv.h"
 
 namespace gptq_kernels {
@@ -15,14 +16,25 @@ namespace {
 struct VecGeneric {
   static constexpr int kMaxRows = 4;
   static constexpr int kLanes = 8;
+  static constexpr bool kWordBarrier = true;
+  static constexpr bool kBf16Pairs = false;
   struct F { float v[kLanes]; };
   struct I { uint32_t v[kLanes]; };
   static I load_u32(const uint32_t* p) { I r; for (int i = 0; i < kLanes; ++i) r.v[i] = p[i]; return r; }
+  static I load_u32_first(const uint32_t* p, int count) {
+    I r{};
+    for (int i = 0; i < count; ++i) r.v[i] = p[i];
+    return r;
+  }
   template <int S>
   static I srl(I a) { for (auto& e : a.v) e >>= S; return a; }
   template <int S>
   static I sll(I a) { for (auto& e : a.v) e <<= S; return a; }
   static I or_(I a, I b) { for (int i = 0; i < kLanes; ++i) a.v[i] |= b.v[i]; return a; }
+  static I add_u32(I a, uint32_t c) { for (auto& e : a.v) e += c; return a; }
+  static I permute(I words, I index) { I r; for (int i = 0; i < kLanes; ++i) r.v[i] = words.v[index.v[i]]; return r; }
+  static I srlv(I a, I s) { for (int i = 0; i < kLanes; ++i) a.v[i] = s.v[i] < 32 ? a.v[i] >> s.v[i] : 0; return a; }
+  static I sllv(I a, I s) { for (int i = 0; i < kLanes; ++i) a.v[i] = s.v[i] < 32 ? a.v[i] << s.v[i] : 0; return a; }
   static I and_mask(I a, uint32_t mask) { for (auto& e : a.v) e &= mask; return a; }
   static F to_float(I a) { F r; for (int i = 0; i < kLanes; ++i) r.v[i] = static_cast<float>(a.v[i]); return r; }
   static F fma(F a, F b, F c) { for (int i = 0; i < kLanes; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
@@ -53,9 +65,7 @@ struct VecGeneric {
 namespace gptq_kernels {
 namespace cpu {
 
-void gemv_tiles_generic(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
-  gemv_tiles_for_bits<VecGeneric>(p, tile_begin, tile_end);
-}
+const GemvKernel kGemvGeneric{&gemv_tiles_for_bits<VecGeneric>, VecGeneric::kMaxRows, false};
 
 }  // namespace cpu
 }  // namespace gptq_kernels

@@ -3,15 +3,21 @@
 // including file has set its target options: everything here has internal linkage so the copies built
 // for different instruction sets never meet at link time.
 //
-// Vec provides: kLanes, kMaxRows (rows that share one decode of the weights: as many as keep all
-// accumulators in registers), F (float vector), I (uint32 vector), load_u32, srl<S>, sll<S>, and_mask, or_,
-// to_float, fma(a, b, c) = a*b + c, add, mul,
-// load_half / load_bf16 (kLanes 16-bit floats -> F), set1, load, store, zero.
+// Vec provides
+//  * kLanes; kMaxRows (rows that share one decode of the weights: as many as keep all accumulators in registers);
+//    kWordBarrier (keep the compiler from hoisting the next word's loads, where registers are few); kBf16Pairs;
+//  * F (float vector), I (uint32 vector): load_u32, load_u32_first(p, count) (the first count words, the rest 0,
+//    reading nothing past them), srl<S>, sll<S>, and_mask, or_, add_u32, permute(words, index) (lane i =
+//    words[index[i]]), srlv / sllv (per-lane shifts; 32 or more give 0), to_float, fma(a, b, c) = a*b + c, add,
+//    mul, load_half / load_bf16 (kLanes 16-bit floats -> F), set1, load, store, zero;
+//  * where kBf16Pairs is set: bf16_pair_lanes(word, mask) = (word & mask) | kBf16PairBase, and
+//    dot_pairs(acc, lanes, x_pair) (vdpbf16ps with x_pair broadcast).
 #pragma once
 #include <cstdint>
 #include <utility>
 
 #include "core/bitpack.h"
+#include "cpu/bf16_pairs.h"
 #include "cpu/gemv.h"
 
 namespace gptq_kernels {
@@ -35,31 +41,39 @@ struct ValueSlot {
   static constexpr bool in_place = !straddles && shift + BITS < 32;
 };
 
-// Accumulator sets per row: with a single row, the only independent FMA chains are the tile's vectors
-// (4 with AVX2), fewer than FMA latency x throughput (4 cycles x 2 per cycle), so even and odd values of a
-// block add into separate sets that are summed at the end.
-// Tiles ahead of the current one whose packed words are prefetched (128 bytes of each row per tile).
-constexpr int64_t kPrefetchTiles = 4;
+// Tiles ahead of the current one whose packed words are prefetched (128 bytes of each row per tile): 8 measured
+// faster than 2 and 4 at batch 1, and no slower than 16.
+constexpr int64_t kPrefetchTiles = 8;
 
-template <int ROWS>
-constexpr int kAccumulatorSets = ROWS == 1 ? 2 : 1;
+template <class Vec>
+constexpr int kTileVectors = kTileColumns / Vec::kLanes;
+
+// Accumulator sets per row: with few rows, the only independent chains of multiply-adds are the rows' vectors of
+// the tile (2 with AVX-512 and one row), fewer than latency x throughput (4 cycles x 2 per cycle for an FMA), so
+// consecutive values (or lanes) of a block add into separate sets that are summed at the end.
+constexpr int kIndependentSums = 8;
+template <class Vec, int ROWS>
+constexpr int kAccumulatorSets =
+    ROWS * kTileVectors<Vec> >= kIndependentSums ? 1 : kIndependentSums / (ROWS * kTileVectors<Vec>);
+
+template <class Vec, int ROWS>
+using Accumulators = typename Vec::F[kAccumulatorSets<Vec, ROWS> * ROWS][kTileVectors<Vec>];
 
 // Decodes value J of the block for every column of the tile and adds x[r, J] * q to each row's sums.
+// x points at the block's first position in the row band: position J of row r is x[J * ROWS + r].
 template <class Vec, int BITS, int ROWS, int J>
-GPTQ_ALWAYS_INLINE void accumulate_value(
-    const uint32_t* block, int64_t n, const float* x, int64_t ldx,
-    typename Vec::F (&acc)[kAccumulatorSets<ROWS> * ROWS][kTileColumns / Vec::kLanes]) {
-  constexpr int kSet = (J % kAccumulatorSets<ROWS>) * ROWS;
+GPTQ_ALWAYS_INLINE void accumulate_value(const uint32_t* block, int64_t n, const float* x, Accumulators<Vec, ROWS>& acc) {
+  constexpr int kSet = (J % kAccumulatorSets<Vec, ROWS>) * ROWS;
   using Slot = ValueSlot<BITS, J>;
-  constexpr int kVectors = kTileColumns / Vec::kLanes;
-  if constexpr (BITS != 3 && J > 0 && Slot::word != core::word_of(J - 1, BITS)) {
+  constexpr int kVectors = kTileVectors<Vec>;
+  if constexpr (Vec::kWordBarrier && BITS != 3 && J > 0 && Slot::word != core::word_of(J - 1, BITS)) {
     // Entering a new word: stop the compiler from hoisting the loads of later words, whose registers
     // would push the accumulators out to the stack. (Not for 3 bits: its straddling values already read
     // the next word, and the barrier would force that load again; measured slower.)
     asm volatile("" ::: "memory");
   }
   typename Vec::F xv[ROWS];
-  for (int r = 0; r < ROWS; ++r) xv[r] = Vec::set1(x[r * ldx + J]);
+  for (int r = 0; r < ROWS; ++r) xv[r] = Vec::set1(x[J * ROWS + r]);
   for (int v = 0; v < kVectors; ++v) {
     const auto word = Vec::load_u32(block + Slot::word * n + v * Vec::kLanes);
     typename Vec::I q;
@@ -77,24 +91,76 @@ GPTQ_ALWAYS_INLINE void accumulate_value(
   }
 }
 
-template <class Vec, int BITS, int ROWS, size_t... J>
-GPTQ_ALWAYS_INLINE void accumulate_block(
-    const uint32_t* block, int64_t n, const float* x, int64_t ldx,
-    typename Vec::F (&acc)[kAccumulatorSets<ROWS> * ROWS][kTileColumns / Vec::kLanes], std::index_sequence<J...>) {
-  (accumulate_value<Vec, BITS, ROWS, static_cast<int>(J)>(block, n, x, ldx, acc), ...);
+// The bf16 kernel's counterpart: lane P of the block (two values, see cpu/bf16_pairs.h) for every column of the
+// tile, one vdpbf16ps per row and vector. x points at the block's first lane in the row band of x_pairs.
+template <class Vec, int BITS, int ROWS, int P>
+GPTQ_ALWAYS_INLINE void accumulate_pair(const uint32_t* block, int64_t n, const uint32_t* x, Accumulators<Vec, ROWS>& acc) {
+  constexpr int kSet = (P % kAccumulatorSets<Vec, ROWS>) * ROWS;
+  constexpr Bf16Pair kPair = bf16_pair(BITS, P);
+  constexpr int kVectors = kTileVectors<Vec>;
+  for (int v = 0; v < kVectors; ++v) {
+    auto word = Vec::load_u32(block + kPair.word * n + v * Vec::kLanes);
+    if constexpr (kPair.funnel) {
+      word = Vec::or_(Vec::template srl<kPair.shift>(word),
+                      Vec::template sll<32 - kPair.shift>(Vec::load_u32(block + (kPair.word + 1) * n + v * Vec::kLanes)));
+    } else if constexpr (kPair.shift > 0) {
+      word = Vec::template srl<kPair.shift>(word);
+    } else if constexpr (kPair.shift < 0) {
+      word = Vec::template sll<-kPair.shift>(word);
+    }
+    const auto lanes = Vec::bf16_pair_lanes(word, kPair.mask);
+    for (int r = 0; r < ROWS; ++r) acc[kSet + r][v] = Vec::dot_pairs(acc[kSet + r][v], lanes, x[P * ROWS + r]);
+  }
 }
 
-// scale[c] and scale[c] * zero[c] of group g for the tile's 32 columns. Runs once per segment and tile, so
-// the scale conversion is vectorised too: done per column in scalar code it costs a tenth of the whole kernel.
+template <class Vec, int BITS, int ROWS, size_t... J>
+GPTQ_ALWAYS_INLINE void accumulate_block(const uint32_t* block, int64_t n, const float* x, Accumulators<Vec, ROWS>& acc,
+                                         std::index_sequence<J...>) {
+  (accumulate_value<Vec, BITS, ROWS, static_cast<int>(J)>(block, n, x, acc), ...);
+}
+
+template <class Vec, int BITS, int ROWS, size_t... P>
+GPTQ_ALWAYS_INLINE void accumulate_block_pairs(const uint32_t* block, int64_t n, const uint32_t* x,
+                                               Accumulators<Vec, ROWS>& acc, std::index_sequence<P...>) {
+  (accumulate_pair<Vec, BITS, ROWS, static_cast<int>(P)>(block, n, x, acc), ...);
+}
+
+// Where zero point c of a tile lies in the tile's BITS words of a qzeros row (packed along N in the same bit stream
+// as a block of qweight along K), so that all 32 are decoded with a few permutes and variable shifts.
+template <int BITS>
+struct ZeroSlots {
+  static constexpr bool kStraddles = BITS == 3;
+  uint32_t word[kTileColumns] = {}, shift[kTileColumns] = {};
+  uint32_t next_word[kTileColumns] = {}, next_shift[kTileColumns] = {};  // the bits a straddling value takes from word + 1
+  constexpr ZeroSlots() {
+    for (int c = 0; c < kTileColumns; ++c) {
+      word[c] = core::word_of(c, BITS);
+      shift[c] = core::shift_of(c, BITS);
+      next_word[c] = core::straddles(c, BITS) ? word[c] + 1 : word[c];
+      next_shift[c] = core::straddles(c, BITS) ? 32 - shift[c] : 32;  // a left shift by 32 clears the lane
+    }
+  }
+};
+
+// scale[c] and scale[c] * zero[c] of group g for the tile's 32 columns. Runs once per segment and tile, so it is
+// vectorised: done per column in scalar code, the zero points alone took a fifth of the time at batch 1.
 template <class Vec, int BITS>
 inline void load_group(const GemvProblem& p, int64_t g, int64_t n0, float* scale, float* scaled_zero) {
+  static_assert(Vec::kLanes >= BITS, "the tile's zero words must fit one vector");
+  static constexpr ZeroSlots<BITS> kSlots{};
   const uint32_t* zero_block = p.qzeros + g * (p.n * BITS / 32) + (n0 / 32) * BITS;
-  alignas(64) float zero[kTileColumns];
-  for (int c = 0; c < kTileColumns; ++c) {
-    zero[c] = static_cast<float>(core::zero_point(zero_block, c, BITS));
-  }
+  // Stored zero points are zero - 1 (core::zero_point): at 2, 4 and 8 bits whole words borrow, so the ones are added
+  // back word by word; at 3 bits each value wraps modulo 8 instead.
+  const auto word_vector = Vec::add_u32(Vec::load_u32_first(zero_block, BITS), core::ones_per_field(BITS));
   const int64_t offset = g * p.n + n0;
   for (int c = 0; c < kTileColumns; c += Vec::kLanes) {
+    auto q = Vec::srlv(Vec::permute(word_vector, Vec::load_u32(kSlots.word + c)), Vec::load_u32(kSlots.shift + c));
+    if constexpr (ZeroSlots<BITS>::kStraddles) {
+      q = Vec::or_(q, Vec::sllv(Vec::permute(word_vector, Vec::load_u32(kSlots.next_word + c)),
+                                Vec::load_u32(kSlots.next_shift + c)));
+      q = Vec::add_u32(Vec::and_mask(q, core::value_mask(BITS)), 1);
+    }
+    const auto zero = Vec::to_float(Vec::and_mask(q, core::value_mask(BITS)));
     typename Vec::F s;
     switch (p.scale_type) {
       case ScaleType::kHalf: s = Vec::load_half(static_cast<const uint16_t*>(p.scales) + offset + c); break;
@@ -102,35 +168,44 @@ inline void load_group(const GemvProblem& p, int64_t g, int64_t n0, float* scale
       default: s = Vec::load(static_cast<const float*>(p.scales) + offset + c);
     }
     Vec::store(scale + c, s);
-    Vec::store(scaled_zero + c, Vec::mul(s, Vec::load(zero + c)));
+    Vec::store(scaled_zero + c, Vec::mul(s, zero));
   }
 }
 
-// One segment x one tile x ROWS rows starting at row m0.
+// One segment x one tile x ROWS rows starting at row m0 (a whole row band, or the last, shorter one).
 template <class Vec, int BITS, int ROWS>
 void segment_tile(const GemvProblem& p, int64_t segment, int64_t n0, int64_t m0, const float* scale,
                   const float* scaled_zero) {
-  constexpr int kVectors = kTileColumns / Vec::kLanes;
-  constexpr int kSets = kAccumulatorSets<ROWS>;
-  typename Vec::F acc[kSets * ROWS][kVectors];
+  constexpr int kVectors = kTileVectors<Vec>;
+  constexpr int kSets = kAccumulatorSets<Vec, ROWS>;
+  Accumulators<Vec, ROWS> acc;
   for (int r = 0; r < kSets * ROWS; ++r)
     for (int v = 0; v < kVectors; ++v) acc[r][v] = Vec::zero();
 
-  const float* x = p.x + m0 * p.k;
   for (int64_t b = p.segment_begin[segment]; b < p.segment_begin[segment + 1]; ++b) {
-    accumulate_block<Vec, BITS, ROWS>(p.qweight + b * BITS * p.n + n0, p.n, x + b * 32, p.k, acc,
-                                      std::make_index_sequence<core::kBlockValues>{});
+    const uint32_t* block = p.qweight + b * BITS * p.n + n0;
+    if constexpr (Vec::kBf16Pairs) {
+      accumulate_block_pairs<Vec, BITS, ROWS>(block, p.n, p.x_pairs + m0 * (p.k / 2) + b * kPairsPerBlock * ROWS,
+                                              acc, std::make_index_sequence<kPairsPerBlock>{});
+    } else {
+      accumulate_block<Vec, BITS, ROWS>(block, p.n, p.x + m0 * p.k + b * core::kBlockValues * ROWS, acc,
+                                        std::make_index_sequence<core::kBlockValues>{});
+    }
   }
   for (int set = 1; set < kSets; ++set)
     for (int r = 0; r < ROWS; ++r)
       for (int v = 0; v < kVectors; ++v) acc[r][v] = Vec::add(acc[r][v], acc[set * ROWS + r][v]);
   for (int r = 0; r < ROWS; ++r) {
-    const auto x_sum = Vec::set1(-p.x_segment_sums[(m0 + r) * p.num_segments + segment]);
+    const int64_t row_segment = (m0 + r) * p.num_segments + segment;
+    const auto x_sum = Vec::set1(-p.x_segment_sums[row_segment]);
     float* y = p.y + (m0 + r) * p.n + n0;
     for (int v = 0; v < kVectors; ++v) {
       const int c = v * Vec::kLanes;
-      // y += scale * acc - scale * zero * sum(x)
-      auto out = Vec::fma(Vec::load(scale + c), acc[r][v], Vec::load(y + c));
+      auto sum = acc[r][v];
+      // The bf16 lanes carry 128 + q: take 128 * sum(x') out before scaling, while the difference is exact.
+      if constexpr (Vec::kBf16Pairs) sum = Vec::add(sum, Vec::set1(-p.x_pair_bias[row_segment]));
+      // y += scale * acc - scale * zero * sum(x), where the first segment starts y
+      auto out = Vec::fma(Vec::load(scale + c), sum, segment == 0 ? Vec::zero() : Vec::load(y + c));
       Vec::store(y + c, Vec::fma(Vec::load(scaled_zero + c), x_sum, out));
     }
   }
@@ -146,27 +221,42 @@ void segment_tile_rows(const GemvProblem& p, int64_t rows, int64_t segment, int6
   segment_tile<Vec, BITS, ROWS>(p, segment, n0, m0, scale, scaled_zero);
 }
 
+// A prefetch the compiler keeps: a loop that does nothing but __builtin_prefetch counts as free of side effects,
+// and GCC deletes it in some shapes; the empty volatile asm is a side effect.
+GPTQ_ALWAYS_INLINE void prefetch_line(const void* address) {
+  __builtin_prefetch(address);
+  asm volatile("" : : "r"(address));
+}
+
 // Segment-major order: each thread sweeps its column range row band by row band, so the packed weights
 // stream through memory sequentially, and the (segment, tile) piece stays in L1 while all row passes use it.
 template <class Vec, int BITS>
 void gemv_tiles(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
   alignas(64) float scale[kTileColumns];
   alignas(64) float scaled_zero[kTileColumns];
+  const int64_t scale_bytes = p.scale_type == ScaleType::kFloat ? 4 : 2;
   for (int64_t s = 0; s < p.num_segments; ++s) {
     const int64_t segment_rows = (p.segment_begin[s + 1] - p.segment_begin[s]) * BITS;
     const uint32_t* segment_words = p.qweight + p.segment_begin[s] * BITS * p.n;
+    const int64_t g = p.segment_group[s];
     for (int64_t t = tile_begin; t < tile_end; ++t) {
       const int64_t n0 = t * kTileColumns;
       if (t + kPrefetchTiles < tile_end) {
         // Each packed row of the segment is its own stream through memory; with a dozen or more of them the
-        // hardware prefetchers fall behind, so ask for the tile kPrefetchTiles ahead explicitly.
-        const uint32_t* ahead = segment_words + (t + kPrefetchTiles) * kTileColumns;
+        // hardware prefetchers fall behind, so ask for the tile kPrefetchTiles ahead explicitly. The same for the
+        // group's scales and zero points, which would otherwise stall load_group at every tile.
+        const int64_t n_ahead = n0 + kPrefetchTiles * kTileColumns;
+        const uint32_t* ahead = segment_words + n_ahead;
         for (int64_t r = 0; r < segment_rows; ++r) {
-          __builtin_prefetch(ahead + r * p.n);
-          __builtin_prefetch(ahead + r * p.n + 16);
+          prefetch_line(ahead + r * p.n);
+          prefetch_line(ahead + r * p.n + 16);
         }
+        const char* scales_ahead = static_cast<const char*>(p.scales) + (g * p.n + n_ahead) * scale_bytes;
+        prefetch_line(scales_ahead);
+        if (scale_bytes == 4) prefetch_line(scales_ahead + 64);
+        prefetch_line(p.qzeros + g * (p.n * BITS / 32) + n_ahead / 32 * BITS);
       }
-      load_group<Vec, BITS>(p, p.segment_group[s], n0, scale, scaled_zero);
+      load_group<Vec, BITS>(p, g, n0, scale, scaled_zero);
       for (int64_t m0 = 0; m0 < p.m; m0 += Vec::kMaxRows) {
         segment_tile_rows<Vec, BITS>(p, p.m - m0, s, n0, m0, scale, scaled_zero);
       }
@@ -180,7 +270,8 @@ void gemv_tiles_for_bits(const GemvProblem& p, int64_t tile_begin, int64_t tile_
     case 2: gemv_tiles<Vec, 2>(p, tile_begin, tile_end); break;
     case 3: gemv_tiles<Vec, 3>(p, tile_begin, tile_end); break;
     case 4: gemv_tiles<Vec, 4>(p, tile_begin, tile_end); break;
-    default: gemv_tiles<Vec, 8>(p, tile_begin, tile_end);
+    default:
+      if constexpr (!Vec::kBf16Pairs) gemv_tiles<Vec, 8>(p, tile_begin, tile_end);  // 8 bits has no bf16 pairs
   }
 }
 

@@ -33,6 +33,7 @@ float round_scale(float scale) {
 GptqBlockKernel select_gptq_block_kernel() {
   switch (selected_cpu_isa()) {
 #if defined(GPTQ_KERNELS_X86)
+    case CpuIsa::kAvx512Bf16:  // no bf16 arithmetic here: the avx512 variant
     case CpuIsa::kAvx512: return gptq_block_kernel_avx512();
     case CpuIsa::kAvx2: return gptq_block_kernel_avx2();
 #endif
