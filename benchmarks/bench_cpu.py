@@ -66,8 +66,9 @@ def bench_shape(k: int, n: int, batch: int, bits_list, group_size: int, rounds: 
     # Ours.
     for bits in bits_list:
         q_bytes = k * n * bits // 8 + (-(-k // group_size)) * n * (2 + bits / 8)
-        layers = [random_gptq(k, n, bits, group_size) for _ in range(copies_for(int(q_bytes)))]
         for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            # Copies of its own: sharing the fp32 contender's would leave them in the cache for this one.
+            layers = [random_gptq(k, n, bits, group_size) for _ in range(copies_for(int(q_bytes)))]
             x = torch.randn(batch, k, dtype=dtype)
             name = f"gptq {bits}-bit ({tag})"
             contenders[name] = (lambda r, layers=layers, x=x, bits=bits: ops.gemm(

@@ -5,7 +5,9 @@
 // sum_k x[k] * q[k, n] in registers and applies the group's scale and zero once at the end:
 //     y[n] += scale[g, n] * (sum_k x[k] q[k, n]  -  zero[g, n] * sum_k x[k])
 // so the hot loop is shift, mask, convert, fused multiply-add, and the dequantized weight never exists.
-// Up to kMaxRows rows of x (a *row band*) share one decode of the weights.
+// Up to kMaxRows rows of x (a *row band*) share one decode of the weights. With a few rows the kernel is bound by
+// memory and sweeps the weights a block at a time (few concurrent streams); with more it is bound by arithmetic
+// and keeps a whole segment's sums in registers (gemv_tiles_block_major and gemv_tiles in cpu/gemv_tile.h).
 //
 // With bf16 activations on CPUs with AVX512_BF16, 2/3/4-bit weights take a variant that decodes two values of a
 // column straight into a bf16 pair (128 + q, no conversion) and multiplies with vdpbf16ps, 32 multiply-adds per

@@ -15,6 +15,7 @@
 #pragma once
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "core/bitpack.h"
 #include "cpu/bf16_pairs.h"
@@ -42,8 +43,13 @@ struct ValueSlot {
 };
 
 // Tiles ahead of the current one whose packed words are prefetched (128 bytes of each row per tile): 8 measured
-// faster than 2 and 4 at batch 1, and no slower than 16.
+// faster than 2 and 4, and no slower than 16.
 constexpr int64_t kPrefetchTiles = 8;
+// The same for the block-major order (gemv_tiles_block_major), whose visits to a tile are one block each: 16
+// measured faster than 8, 32 and 64.
+constexpr int64_t kBlockMajorPrefetchTiles = 16;
+// Up to this many rows of x the kernel runs block-major (see gemv_tiles_block_major).
+constexpr int kBlockMajorMaxRows = 4;
 
 template <class Vec>
 constexpr int kTileVectors = kTileColumns / Vec::kLanes;
@@ -172,43 +178,67 @@ inline void load_group(const GemvProblem& p, int64_t g, int64_t n0, float* scale
   }
 }
 
-// One segment x one tile x ROWS rows starting at row m0 (a whole row band, or the last, shorter one).
+// Adds block b of the tile at column n0 times rows [m0, m0 + ROWS) of x to acc.
 template <class Vec, int BITS, int ROWS>
-void segment_tile(const GemvProblem& p, int64_t segment, int64_t n0, int64_t m0, const float* scale,
-                  const float* scaled_zero) {
-  constexpr int kVectors = kTileVectors<Vec>;
-  constexpr int kSets = kAccumulatorSets<Vec, ROWS>;
-  Accumulators<Vec, ROWS> acc;
-  for (int r = 0; r < kSets * ROWS; ++r)
-    for (int v = 0; v < kVectors; ++v) acc[r][v] = Vec::zero();
-
-  for (int64_t b = p.segment_begin[segment]; b < p.segment_begin[segment + 1]; ++b) {
-    const uint32_t* block = p.qweight + b * BITS * p.n + n0;
-    if constexpr (Vec::kBf16Pairs) {
-      accumulate_block_pairs<Vec, BITS, ROWS>(block, p.n, p.x_pairs + m0 * (p.k / 2) + b * kPairsPerBlock * ROWS,
-                                              acc, std::make_index_sequence<kPairsPerBlock>{});
-    } else {
-      accumulate_block<Vec, BITS, ROWS>(block, p.n, p.x + m0 * p.k + b * core::kBlockValues * ROWS, acc,
-                                        std::make_index_sequence<core::kBlockValues>{});
-    }
+GPTQ_ALWAYS_INLINE void accumulate_tile_block(const GemvProblem& p, int64_t b, int64_t n0, int64_t m0,
+                                              Accumulators<Vec, ROWS>& acc) {
+  const uint32_t* block = p.qweight + b * BITS * p.n + n0;
+  if constexpr (Vec::kBf16Pairs) {
+    accumulate_block_pairs<Vec, BITS, ROWS>(block, p.n, p.x_pairs + m0 * (p.k / 2) + b * kPairsPerBlock * ROWS, acc,
+                                            std::make_index_sequence<kPairsPerBlock>{});
+  } else {
+    accumulate_block<Vec, BITS, ROWS>(block, p.n, p.x + m0 * p.k + b * core::kBlockValues * ROWS, acc,
+                                      std::make_index_sequence<core::kBlockValues>{});
   }
-  for (int set = 1; set < kSets; ++set)
+}
+
+template <class Vec, int ROWS>
+GPTQ_ALWAYS_INLINE void zero_accumulators(Accumulators<Vec, ROWS>& acc) {
+  for (auto& row : acc)
+    for (auto& v : row) v = Vec::zero();
+}
+
+// Sums the accumulator sets into the first.
+template <class Vec, int ROWS>
+GPTQ_ALWAYS_INLINE void fold_accumulator_sets(Accumulators<Vec, ROWS>& acc) {
+  for (int set = 1; set < kAccumulatorSets<Vec, ROWS>; ++set)
     for (int r = 0; r < ROWS; ++r)
-      for (int v = 0; v < kVectors; ++v) acc[r][v] = Vec::add(acc[r][v], acc[set * ROWS + r][v]);
+      for (int v = 0; v < kTileVectors<Vec>; ++v) acc[r][v] = Vec::add(acc[r][v], acc[set * ROWS + r][v]);
+}
+
+// Applies the group's scale and zero point to the segment's folded sums and adds them to y (the first segment
+// writes y).
+template <class Vec, int ROWS>
+GPTQ_ALWAYS_INLINE void finish_segment_tile(const GemvProblem& p, int64_t segment, int64_t n0, int64_t m0,
+                                            const Accumulators<Vec, ROWS>& acc, const float* scale,
+                                            const float* scaled_zero) {
   for (int r = 0; r < ROWS; ++r) {
     const int64_t row_segment = (m0 + r) * p.num_segments + segment;
     const auto x_sum = Vec::set1(-p.x_segment_sums[row_segment]);
     float* y = p.y + (m0 + r) * p.n + n0;
-    for (int v = 0; v < kVectors; ++v) {
+    for (int v = 0; v < kTileVectors<Vec>; ++v) {
       const int c = v * Vec::kLanes;
       auto sum = acc[r][v];
       // The bf16 lanes carry 128 + q: take 128 * sum(x') out before scaling, while the difference is exact.
       if constexpr (Vec::kBf16Pairs) sum = Vec::add(sum, Vec::set1(-p.x_pair_bias[row_segment]));
-      // y += scale * acc - scale * zero * sum(x), where the first segment starts y
+      // y += scale * acc - scale * zero * sum(x)
       auto out = Vec::fma(Vec::load(scale + c), sum, segment == 0 ? Vec::zero() : Vec::load(y + c));
       Vec::store(y + c, Vec::fma(Vec::load(scaled_zero + c), x_sum, out));
     }
   }
+}
+
+// One segment x one tile x ROWS rows starting at row m0 (a whole row band, or the last, shorter one).
+template <class Vec, int BITS, int ROWS>
+void segment_tile(const GemvProblem& p, int64_t segment, int64_t n0, int64_t m0, const float* scale,
+                  const float* scaled_zero) {
+  Accumulators<Vec, ROWS> acc;
+  zero_accumulators<Vec, ROWS>(acc);
+  for (int64_t b = p.segment_begin[segment]; b < p.segment_begin[segment + 1]; ++b) {
+    accumulate_tile_block<Vec, BITS, ROWS>(p, b, n0, m0, acc);
+  }
+  fold_accumulator_sets<Vec, ROWS>(acc);
+  finish_segment_tile<Vec, ROWS>(p, segment, n0, m0, acc, scale, scaled_zero);
 }
 
 // segment_tile for min(rows, ROWS) rows, the row count chosen at compile time.
@@ -228,8 +258,9 @@ GPTQ_ALWAYS_INLINE void prefetch_line(const void* address) {
   asm volatile("" : : "r"(address));
 }
 
-// Segment-major order: each thread sweeps its column range row band by row band, so the packed weights
-// stream through memory sequentially, and the (segment, tile) piece stays in L1 while all row passes use it.
+// Segment-major order, for more rows than kBlockMajorMaxRows, where the arithmetic dominates: each thread sweeps
+// its column range once per segment, keeps the sums of a (segment, tile) piece in registers over all its blocks,
+// and the piece stays in L1 while the row bands take turns on it.
 template <class Vec, int BITS>
 void gemv_tiles(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
   alignas(64) float scale[kTileColumns];
@@ -264,14 +295,83 @@ void gemv_tiles(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
   }
 }
 
+// Block-major order, for rows few enough that the kernel waits on memory rather than arithmetic: each thread sweeps
+// its columns once per 32-row block, so it reads `bits` neighbouring rows of qweight at a time instead of a whole
+// segment's (16 for 4 bits with groups of 128), which DRAM serves faster. The sums of the segment so far wait in
+// a per-thread buffer between sweeps; the last block of the segment finishes them into y.
+template <class Vec, int BITS, int ROWS>
+void gemv_tiles_block_major(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
+  constexpr int kVectors = kTileVectors<Vec>;
+  alignas(64) float scale[kTileColumns];
+  alignas(64) float scaled_zero[kTileColumns];
+  std::vector<float> pending((tile_end - tile_begin) * ROWS * kTileColumns);
+  const int64_t scale_bytes = p.scale_type == ScaleType::kFloat ? 4 : 2;
+  for (int64_t s = 0; s < p.num_segments; ++s) {
+    const int64_t g = p.segment_group[s];
+    for (int64_t b = p.segment_begin[s]; b < p.segment_begin[s + 1]; ++b) {
+      const bool first = b == p.segment_begin[s], last = b + 1 == p.segment_begin[s + 1];
+      const uint32_t* block = p.qweight + b * BITS * p.n;
+      for (int64_t t = tile_begin; t < tile_end; ++t) {
+        const int64_t n0 = t * kTileColumns;
+        if (t + kBlockMajorPrefetchTiles < tile_end) {
+          const int64_t n_ahead = n0 + kBlockMajorPrefetchTiles * kTileColumns;
+          for (int w = 0; w < BITS; ++w) {
+            prefetch_line(block + w * p.n + n_ahead);
+            prefetch_line(block + w * p.n + n_ahead + 16);
+          }
+          if (last) {
+            const char* scales_ahead = static_cast<const char*>(p.scales) + (g * p.n + n_ahead) * scale_bytes;
+            prefetch_line(scales_ahead);
+            if (scale_bytes == 4) prefetch_line(scales_ahead + 64);
+            prefetch_line(p.qzeros + g * (p.n * BITS / 32) + n_ahead / 32 * BITS);
+          }
+        }
+        float* saved = pending.data() + (t - tile_begin) * ROWS * kTileColumns;
+        Accumulators<Vec, ROWS> acc;
+        zero_accumulators<Vec, ROWS>(acc);
+        if (!first) {
+          for (int r = 0; r < ROWS; ++r)
+            for (int v = 0; v < kVectors; ++v) acc[r][v] = Vec::load(saved + r * kTileColumns + v * Vec::kLanes);
+        }
+        accumulate_tile_block<Vec, BITS, ROWS>(p, b, n0, 0, acc);
+        fold_accumulator_sets<Vec, ROWS>(acc);
+        if (last) {
+          load_group<Vec, BITS>(p, g, n0, scale, scaled_zero);
+          finish_segment_tile<Vec, ROWS>(p, s, n0, 0, acc, scale, scaled_zero);
+        } else {
+          for (int r = 0; r < ROWS; ++r)
+            for (int v = 0; v < kVectors; ++v) Vec::store(saved + r * kTileColumns + v * Vec::kLanes, acc[r][v]);
+        }
+      }
+    }
+  }
+}
+
+template <class Vec, int BITS, int ROWS = kBlockMajorMaxRows>
+void gemv_tiles_block_major_rows(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
+  if constexpr (ROWS > 1) {
+    if (p.m < ROWS) return gemv_tiles_block_major_rows<Vec, BITS, ROWS - 1>(p, tile_begin, tile_end);
+  }
+  gemv_tiles_block_major<Vec, BITS, ROWS>(p, tile_begin, tile_end);
+}
+
+// Block-major order up to kBlockMajorMaxRows rows (where it measured faster at 1, 2 and 4 rows; at 8 rows not
+// for the bf16 kernel), segment-major beyond.
+template <class Vec, int BITS>
+void gemv_tiles_any_order(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
+  constexpr int kRows = kBlockMajorMaxRows < Vec::kMaxRows ? kBlockMajorMaxRows : Vec::kMaxRows;
+  if (p.m <= kRows) return gemv_tiles_block_major_rows<Vec, BITS, kRows>(p, tile_begin, tile_end);
+  gemv_tiles<Vec, BITS>(p, tile_begin, tile_end);
+}
+
 template <class Vec>
 void gemv_tiles_for_bits(const GemvProblem& p, int64_t tile_begin, int64_t tile_end) {
   switch (p.bits) {
-    case 2: gemv_tiles<Vec, 2>(p, tile_begin, tile_end); break;
-    case 3: gemv_tiles<Vec, 3>(p, tile_begin, tile_end); break;
-    case 4: gemv_tiles<Vec, 4>(p, tile_begin, tile_end); break;
-    default:
-      if constexpr (!Vec::kBf16Pairs) gemv_tiles<Vec, 8>(p, tile_begin, tile_end);  // 8 bits has no bf16 pairs
+    case 2: gemv_tiles_any_order<Vec, 2>(p, tile_begin, tile_end); break;
+    case 3: gemv_tiles_any_order<Vec, 3>(p, tile_begin, tile_end); break;
+    case 4: gemv_tiles_any_order<Vec, 4>(p, tile_begin, tile_end); break;
+    default:  // 8 bits has no bf16 pairs
+      if constexpr (!Vec::kBf16Pairs) gemv_tiles_any_order<Vec, 8>(p, tile_begin, tile_end);
   }
 }
 
