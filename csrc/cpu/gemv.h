@@ -12,7 +12,7 @@
 // With bf16 activations on CPUs with AVX512_BF16, 2/3/4-bit weights take a variant that decodes two values of a
 // column straight into a bf16 pair (128 + q, no conversion) and multiplies with vdpbf16ps, 32 multiply-adds per
 // instruction; the +128 comes back out with the zero-point term (cpu/bf16_pairs.h). Other activations (fp16 ones
-// converted to fp32) and 8-bit weights take the fp32 kernel, whose products are exact in fp32.
+// converted to fp32) and 8-bit weights take the fp32 kernel (fp32 x times the integers, fused multiply-adds).
 #pragma once
 #include <cstdint>
 

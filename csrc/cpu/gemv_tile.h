@@ -1,5 +1,5 @@
 // The small-batch kernel body, written once against a vector "traits" type (Vec) and compiled once per
-// instruction set (gemv_generic.cpp, gemv_avx2.cpp, gemv_avx512.cpp). Include it only after the
+// instruction set (gemv_generic.cpp, gemv_avx2.cpp, gemv_avx512.cpp, gemv_avx512bf16.cpp). Include it only after the
 // including file has set its target options: everything here has internal linkage so the copies built
 // for different instruction sets never meet at link time.
 //
