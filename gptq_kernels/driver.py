@@ -250,7 +250,8 @@ def _quantized_module(qw, bias: Optional[torch.Tensor], dtype) -> nn.Module:
 @torch.no_grad()
 def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *, tokenizer=None, bits: int = 4,
                    group_size: int = 128, sym: bool = True, desc_act: bool = False, static_groups: bool = False,
-                   act_group_aware: Optional[bool] = None, damp_percent: float = 0.01, true_sequential: bool = True, method: str = "gptq",
+                   act_group_aware: Optional[bool] = None, damp_percent: float = 0.01, true_sequential: bool = True,
+                   method: str = "gptq",
                    device=None, work_dir: Optional[str] = None, report_csv: Optional[str] = None,
                    seqlen: int = 512, nsamples: int = 128, block_size: int = 128,
                    intermediate_bits: int = 5, reexplore: Optional[Sequence[float]] = DEFAULT_REEXPLORE,
@@ -347,8 +348,9 @@ def quantize_model(model: nn.Module, calibration: Optional[TextSource] = None, *
             model.config.use_cache = use_cache
 
     model.gptq_kernels_config = dict(bits=bits, group_size=group_size, sym=sym, desc_act=desc_act,
-                                     act_group_aware=act_group_aware, static_groups=static_groups, damp_percent=damp_percent,
-                                     true_sequential=true_sequential, method=method, layers=layers_name)
+                                     act_group_aware=act_group_aware, static_groups=static_groups,
+                                     damp_percent=damp_percent, true_sequential=true_sequential, method=method,
+                                     layers=layers_name)
     if gptqt:
         model.gptq_kernels_config.update(intermediate_bits=intermediate_bits, reexplore=settings["reexplore"])
     if report_csv is not None:
