@@ -12,22 +12,7 @@ import gptq_kernels as gk
 from gptq_kernels import QuantLinear, data, driver
 
 transformers = pytest.importorskip("transformers")
-
-VOCAB = 128
-
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def tiny_opt(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
-                                    num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64)
-    return transformers.OPTForCausalLM(config).eval()
+from tiny_models import VOCAB, calibration, logits, relative_error, tiny_llama, tiny_opt  # noqa: E402
 
 
 class CharTokenizer:
@@ -35,19 +20,6 @@ class CharTokenizer:
 
     def __call__(self, text):
         return {"input_ids": [ord(c) % VOCAB for c in text]}
-
-
-def calibration(n=16, length=48, seed=1):
-    return torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def logits(model, ids):
-    return model(input_ids=ids, use_cache=False).logits
-
-
-def relative_error(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_opt])

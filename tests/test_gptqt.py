@@ -10,38 +10,13 @@ import torch
 import gptq_kernels as gk
 from gptq_kernels import bcq_format, bcq_fit, driver, gptqt
 from gptq_kernels.bcq_linear import BCQLinear
+from layer_inputs import correlated_inputs, hessian_of, output_error, random_weight
 
 transformers = pytest.importorskip("transformers")
+from tiny_models import calibration, logits, relative_error, tiny_llama  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-def correlated_inputs(k, n=2048, seed=0, outliers=4):
-    """Activations with correlated channels and a few outlier channels, as LLM layers see them."""
-    g = torch.Generator().manual_seed(seed)
-    latent = torch.randn(n, k // 4, generator=g, dtype=torch.float64)
-    mix = torch.randn(k // 4, k, generator=g, dtype=torch.float64) / math.sqrt(k // 4)
-    x = latent @ mix + 0.1 * torch.randn(n, k, generator=g, dtype=torch.float64)
-    x[:, torch.randperm(k, generator=g)[:outliers]] *= 20.0
-    return x
-
-
-def random_weight(n, k, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g) * 0.02
-    w[torch.randint(0, n, (8,), generator=g), torch.randint(0, k, (8,), generator=g)] *= 25.0  # outlier weights
-    return w
-
-
-def hessian_of(x):
-    return (2.0 / x.shape[0]) * x.t() @ x
-
-
-def calibration_loss(w, wq, h):
-    """tr((W - Wq) H (W - Wq)^T), proportional to the squared output error over the calibration inputs."""
-    d = w.double() - wq.double()
-    return float(((d @ h.double()) * d).sum())
-
-
 def signs_of(code, planes):
     return [1.0 if (code >> i) & 1 else -1.0 for i in range(planes)]
 
@@ -191,9 +166,9 @@ def test_lower_calibration_loss_than_rtn_and_gptq(planes, group_size, desc_act):
     h = hessian_of(x)
     w = random_weight(n, k, seed=planes)
     result = gk.quantize_weight_gptqt(w, h.float(), planes=planes, group_size=group_size, desc_act=desc_act)
-    ours = calibration_loss(w, result.dequantize(), h)
-    rtn = calibration_loss(w, gk.quantize_rtn(w, planes, group_size).dequantize(), h)
-    gptq = calibration_loss(w, gk.quantize_weight(w, h.float(), bits=planes, group_size=group_size,
+    ours = output_error(w, result.dequantize(), h)
+    rtn = output_error(w, gk.quantize_rtn(w, planes, group_size).dequantize(), h)
+    gptq = output_error(w, gk.quantize_weight(w, h.float(), bits=planes, group_size=group_size,
                                                   desc_act=desc_act).dequantize(), h)
     # 2^planes levels placed per channel and group, plus feedback and the refit, against a uniform grid
     # with feedback: measured 0.02-0.35 of GPTQ's loss and under 0.05 of RTN's on these layers. The binary
@@ -209,7 +184,7 @@ def test_refit_and_reexplore_lower_the_loss():
     w = random_weight(64, k, seed=5)
 
     def loss(**options):
-        return calibration_loss(w, gk.quantize_weight_gptqt(w, h.float(), planes=3, group_size=64,
+        return output_error(w, gk.quantize_weight_gptqt(w, h.float(), planes=3, group_size=64,
                                                             **options).dequantize(), h)
 
     full = loss()
@@ -233,7 +208,7 @@ def test_column_loop_is_gptq_with_the_fitted_levels(group_size, desc_act, static
     ours = result.dequantize(torch.float64)
     mismatch = (ours != expected).double().mean().item()
     assert mismatch < 0.01  # float32 against float64 rounding decides a few ties
-    assert calibration_loss(w, ours, h) == pytest.approx(calibration_loss(w, expected, h), rel=0.01)
+    assert output_error(w, ours, h) == pytest.approx(output_error(w, expected, h), rel=0.01)
 
 
 def test_tensors_follow_the_bcq_layout_and_act_order_g_idx():
@@ -311,7 +286,7 @@ def test_twice_rounding_and_a_prepared_hessian():
     w = random_weight(64, k, seed=3)
     twice = gk.quantize_weight_gptqt(w, h, group_size=64, rounding="twice")
     nearest = gk.quantize_weight_gptqt(w, h, group_size=64)
-    assert calibration_loss(w, nearest.dequantize(), h) < 1.05 * calibration_loss(w, twice.dequantize(), h)
+    assert output_error(w, nearest.dequantize(), h) < 1.05 * output_error(w, twice.dequantize(), h)
     prepared = gk.prepare_hessian(h, desc_act=True)  # what quantize_model shares between q, k and v
     a = gk.quantize_weight_gptqt(w, prepared, group_size=64)
     b = gk.quantize_weight_gptqt(w, h, group_size=64, desc_act=True)
@@ -319,29 +294,6 @@ def test_twice_rounding_and_a_prepared_hessian():
 
 
 # ------------------------------------------------------------------------------------------- the driver
-VOCAB = 128
-
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def calibration(n=16, length=48, seed=1):
-    return torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def logits(model, ids):
-    return model(input_ids=ids, use_cache=False).logits
-
-
-def relative_error(a, b):
-    return float((a - b).norm() / b.norm())
-
-
 def test_quantize_model_gptqt_keeps_outputs_close():
     model = tiny_llama()
     ids = calibration()
