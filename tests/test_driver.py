@@ -12,7 +12,8 @@ import gptq_kernels as gk
 from gptq_kernels import QuantLinear, data, driver
 
 transformers = pytest.importorskip("transformers")
-from tiny_models import VOCAB, calibration, logits, relative_error, tiny_llama, tiny_opt  # noqa: E402
+from tiny_models import VOCAB, calibration, logits, tiny_llama, tiny_opt  # noqa: E402
+from conftest import relative_error  # noqa: E402
 
 
 class CharTokenizer:

@@ -13,7 +13,8 @@ from gptq_kernels.bcq_linear import BCQLinear
 from layer_inputs import correlated_inputs, hessian_of, output_error, random_weight
 
 transformers = pytest.importorskip("transformers")
-from tiny_models import calibration, logits, relative_error, tiny_llama  # noqa: E402
+from tiny_models import calibration, logits, tiny_llama  # noqa: E402
+from conftest import relative_error  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- fixtures

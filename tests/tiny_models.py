@@ -27,6 +27,3 @@ def calibration(n=16, length=48, seed=1):
 def logits(model, ids):
     return model(input_ids=ids, use_cache=False).logits
 
-
-def relative_error(a, b):
-    return float((a - b).norm() / b.norm())
