@@ -9,7 +9,9 @@ contain linear layers: ``model.layers`` in Llama/Mistral/Qwen, ``model.decoder.l
 2. for each layer, on ``device``: finds its linear layers and the order they run in, groups those that read
    the same input (q/k/v, gate/up), and for each group in order (true-sequential) collects the Hessian of
    the group's input with a forward hook, quantizes the group, and puts the quantized weights in place so
-   the next group's Hessian sees the quantized earlier groups;
+   the next group's Hessian sees the quantized earlier groups. Each pass stops where the group's input has
+   been seen, and replays the outputs of the linears quantized before it instead of recomputing them
+   (within a memory budget), so every linear's GEMM runs about once per sample;
 3. reruns the quantized layer to get the next layer's inputs, replaces its linears by QuantLinear (GPTQ, RTN)
    or BCQLinear (GPTQT, binary-coded) and moves it back where it was.
 
@@ -178,15 +180,31 @@ def _input_sets(layer: nn.Module, names: Sequence[str], sample) -> List[List[str
     return sets + [[n] for n in names if n not in called]
 
 
-def _run_layer(layer, samples, stop_after: Optional[nn.Module] = None) -> List[torch.Tensor]:
+class _Pass:
+    """Which forward of the layer is running: (pass number, sample index), read by _ReplayedLinear."""
+
+    def __init__(self):
+        self.key = (0, -1)
+
+
+def _run_layer(layer, samples, current: Optional[_Pass] = None,
+               stop_before: Optional[nn.Module] = None) -> List[torch.Tensor]:
+    """Runs the layer on every sample; returns the outputs (none when stop_before ends each forward early).
+
+    stop_before: the forward ends when this module is about to run (after the hooks registered before this
+    call have seen its input).
+    """
     outputs = []
     hook = None
-    if stop_after is not None:
-        def stop(module, args, output):
+    if stop_before is not None:
+        def stop(module, args):
             raise _StopForward
-        hook = stop_after.register_forward_hook(stop)
+        hook = stop_before.register_forward_pre_hook(stop)
+    pass_number = current.key[0] + 1 if current is not None else 0
     try:
-        for hidden, kwargs in samples:
+        for i, (hidden, kwargs) in enumerate(samples):
+            if current is not None:
+                current.key = (pass_number, i)
             try:
                 outputs.append(_layer_output(layer(hidden, **kwargs)))
             except _StopForward:
@@ -195,6 +213,59 @@ def _run_layer(layer, samples, stop_after: Optional[nn.Module] = None) -> List[t
         if hook is not None:
             hook.remove()
     return outputs
+
+
+class _ReplayedLinear(nn.Module):
+    """Wraps a linear that is final for the rest of its layer's passes: its output for each sample is computed
+    once and replayed in the later passes (the later groups' Hessians and the final pass), which then skip its
+    GEMM. Replaying is exact: the linear's input is final too, because everything upstream of it was quantized
+    before it (true-sequential order is execution order).
+
+    Outputs are kept while the shared budget (bytes) lasts. An output that something changed in place (its
+    version counter moved) or whose shape does not match is recomputed instead.
+    """
+
+    def __init__(self, linear: nn.Module, current: _Pass, budget: List[int]):
+        super().__init__()
+        self.linear = linear
+        self._current, self._budget = current, budget
+        self._outputs: Dict[Tuple, Tuple[torch.Tensor, int]] = {}
+        self._key, self._calls = None, 0
+
+    def __getattr__(self, name):  # models may read attributes of their linears (weight.dtype, ...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["linear"], name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._current.key != self._key:  # a new sample: count this linear's calls within its forward
+            self._key, self._calls = self._current.key, 0
+        key = (self._current.key[1], self._calls)
+        self._calls += 1
+        saved = self._outputs.get(key)
+        if saved is not None:
+            out, version = saved
+            if out._version == version and out.shape[:-1] == x.shape[:-1]:
+                return out
+            del self._outputs[key]
+            self._budget[0] += out.numel() * out.element_size()
+        out = self.linear(x)
+        size = out.numel() * out.element_size()
+        if size <= self._budget[0]:
+            self._outputs[key] = (out, out._version)
+            self._budget[0] -= size
+        return out
+
+
+def _replay_budget(device: torch.device) -> int:
+    """Bytes that replayed outputs may take: a quarter of the device's free memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _float_stand_in(module: nn.Module, weight: torch.Tensor) -> nn.Linear:
@@ -402,15 +473,16 @@ def _gptq_layer(layer, index, samples, method, bits, group_size, true_sequential
     sets = _input_sets(layer, names, samples[0])
     stages = [[s] for s in sets] if true_sequential else [sets]
     quantized, rows = {}, []
+    current, budget = _Pass(), [_replay_budget(next(layer.parameters()).device)]
+    stand_ins: Dict[str, nn.Module] = {}
     for stage in stages:
         modules = {s[0]: layer.get_submodule(s[0]) for s in stage}
         hessians = {n: _Hessian(linear_weight(m).shape[1], linear_weight(m).device) for n, m in modules.items()}
         hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: hessians[n].add(args[0]))
                  for n, m in modules.items()]
-        # The forward can stop once the stage's last linear has run (later parts do not change its Hessian).
-        last = layer.get_submodule(stage[-1][-1])
+        # The forward can stop when the stage's last input has been seen (later parts do not change the Hessians).
         try:
-            _run_layer(layer, samples, stop_after=last)
+            _run_layer(layer, samples, current, stop_before=modules[stage[-1][0]])
         finally:
             for h in hooks:
                 h.remove()
@@ -444,9 +516,12 @@ def _gptq_layer(layer, index, samples, method, bits, group_size, true_sequential
                     rows.append(LayerReport(index, name, method, qw.error, qw.damp_percent,
                                             time.perf_counter() - start))
                 quantized[name] = (qw, bias)
-                _set_submodule(layer, name, _float_stand_in(module, qw.dequantize(torch.float32)))
+                stand_ins[name] = _float_stand_in(module, qw.dequantize(torch.float32))
+                _set_submodule(layer, name, _ReplayedLinear(stand_ins[name], current, budget))
         del hessians
-    outputs = _run_layer(layer, samples)
+    outputs = _run_layer(layer, samples, current)
+    for name, stand_in in stand_ins.items():  # the caller replaces the stand-ins by quantized modules
+        _set_submodule(layer, name, stand_in)
     return quantized, rows, [(out, kwargs) for out, (_, kwargs) in zip(outputs, samples)]
 
 

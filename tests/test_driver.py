@@ -58,6 +58,59 @@ def test_linears_are_grouped_by_shared_input_in_execution_order():
         assert [sorted(s) for s in sets] == [sorted(s) for s in expected]
 
 
+def _quantized_tensors(model):
+    return {name: t for name, t in model.state_dict().items()
+            if name.rsplit(".", 1)[-1] in ("qweight", "qzeros", "scales", "g_idx")}
+
+
+def _count_linear_calls(monkeypatch):
+    calls = [0]
+    linear = F.linear
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return linear(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting)
+    return calls
+
+
+def test_each_quantized_linear_computes_once_per_sample(monkeypatch):
+    # Later passes over a layer replay the outputs of the linears already quantized instead of recomputing them.
+    n, layers = 5, 2
+    calls = _count_linear_calls(monkeypatch)
+    gk.quantize_model(tiny_llama(), calibration(n=n), bits=4, group_size=32, progress=False)
+    # Per layer: one forward of the first sample to find the order of the 7 linears, then each linear once per
+    # sample after its group is quantized (recomputing would take 3 + 4 + 6 + 7 = 20 per sample).
+    assert calls[0] == layers * (7 + 7 * n)
+
+
+def _scale_up_proj_in_place(mlp):
+    def forward(x):
+        up = mlp.up_proj(x)
+        up.mul_(0.5)  # a model that changes a linear's output in place must not corrupt the replayed copy
+        return mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * up)
+    mlp.forward = forward
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_replayed_outputs_give_the_same_result_as_recomputing(monkeypatch, in_place):
+    results = []
+    for budget in (None, 0):
+        if budget is not None:
+            monkeypatch.setattr(driver, "_replay_budget", lambda device: budget)
+        model = tiny_llama()
+        if in_place:
+            for layer in model.model.layers:
+                _scale_up_proj_in_place(layer.mlp)
+        report = gk.quantize_model(model, calibration(n=4), bits=3, group_size=32, progress=False)
+        results.append(([r.error for r in report], _quantized_tensors(model)))
+    (errors, tensors), (errors_recomputed, tensors_recomputed) = results
+    assert errors == errors_recomputed
+    assert tensors.keys() == tensors_recomputed.keys()
+    assert all(torch.equal(tensors[k], tensors_recomputed[k]) for k in tensors)
+
+
 def test_find_decoder_layers():
     name, layers = driver.find_decoder_layers(tiny_opt())
     assert name == "model.decoder.layers" and len(layers) == 2
