@@ -58,6 +58,22 @@ def test_linears_are_grouped_by_shared_input_in_execution_order():
         assert [sorted(s) for s in sets] == [sorted(s) for s in expected]
 
 
+@pytest.mark.parametrize("columns", [64, 200, 576])
+def test_hessian_accumulates_the_full_symmetric_matrix(columns):
+    # Samples of different lengths; the CPU path sums only the lower triangle, in bands of rows.
+    torch.manual_seed(columns)
+    chunks = [torch.randn(1, rows, columns) + 0.5 for rows in (7, 1500, 900, 33, 2100)]
+    hessian = driver._Hessian(columns, torch.device("cpu"))
+    for x in chunks:
+        hessian.add(x)
+    x = torch.cat([c.reshape(-1, columns) for c in chunks]).double()
+    expected = 2 * x.t() @ x / x.shape[0]
+    value = hessian.value()
+    assert hessian.rows == x.shape[0]
+    assert torch.equal(value, value.t())
+    assert relative_error(value, expected) < 1e-5
+
+
 def _quantized_tensors(model):
     return {name: t for name, t in model.state_dict().items()
             if name.rsplit(".", 1)[-1] in ("qweight", "qzeros", "scales", "g_idx")}
