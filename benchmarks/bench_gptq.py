@@ -26,8 +26,11 @@ from gptq_kernels import quantize_weight  # noqa: E402
 from gptq_kernels.grid import fit_grid, quantize_to_grid  # noqa: E402
 
 
-def textbook_gptq(W, H, bits=4, group_size=128, sym=True, blocksize=128, percdamp=0.01):
-    """GPTQ as the reference implementation writes it (float32, Python loop over the columns of a block)."""
+def textbook_gptq(W, H, bits=4, group_size=128, sym=True, blocksize=128, percdamp=0.01, grids=None):
+    """GPTQ as the reference implementation writes it (float32, Python loop over the columns of a block).
+
+    Returns the quantized weight as floats; grids, when a list, receives the (scale, zero) of each group.
+    """
     W = W.clone().float()
     H = H.clone()
     columns = W.shape[1]
@@ -54,6 +57,8 @@ def textbook_gptq(W, H, bits=4, group_size=128, sym=True, blocksize=128, percdam
             d = Hinv1[i, i]
             if (i1 + i) % group_size == 0:
                 scale, zero = fit_grid(W[:, i1 + i:i1 + i + group_size], bits, sym)
+                if grids is not None:
+                    grids.append((scale, zero))
             q = quantize_to_grid(w[:, None], scale, zero, bits)[:, 0]
             q = scale * (q - zero)
             Q1[:, i] = q
