@@ -225,8 +225,10 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
     # (block inverse of the triangular R), and U's diagonal blocks are the inverses of R's. This needs one
     # Cholesky and no triangular inverse of the whole matrix (K^3/6 multiply-adds fewer).
     run_group = (perm[::group_size] // group_size).tolist() if group_aware else None
-    Q = torch.empty(rows, columns, dtype=torch.int32, device=W.device)
-    residual = torch.empty_like(W)  # W - dequantized, filled block by block
+    # The integers, stored transposed ([K, N]) as the packed checkpoint layout runs along K.
+    Q_t = torch.empty(columns, rows, dtype=torch.int32, device=W.device)
+    # W - dequantized, filled block by block, stored transposed: the finished columns are one contiguous slab.
+    residual_t = torch.empty(columns, rows, device=W.device)
     scale = torch.empty(rows, groups, device=W.device)
     zero = torch.empty(rows, groups, device=W.device)
     error = 0.0
@@ -238,15 +240,15 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
                              "raise damp_percent")
         working = W[:, i1:i2]
         if i1:
-            working = torch.addmm(working, residual[:, :i1] @ R[:i1, i1:i2], U1)
+            working = torch.addmm(working, finished_columns_product(residual_t[:i1], R[:i1, i1:i2]), U1)
         s_cols = z_cols = None
         if fixed_scale is not None:
             s_cols = fixed_scale[:, column_group[i1:i2]].contiguous()
             z_cols = fixed_zero[:, column_group[i1:i2]].contiguous()
         q, dequantized, err, s_used, z_used = _gptq_block(working.contiguous(), U1, bits, sym, group_size, i1,
                                                           s_cols, z_cols, scale_dtype)
-        Q[:, i1:i2] = q
-        torch.sub(W[:, i1:i2], dequantized, out=residual[:, i1:i2])
+        Q_t[i1:i2] = q.t()
+        residual_t[i1:i2].copy_(torch.sub(W[:, i1:i2], dequantized).t())  # (sub's out= transposed: 7x slower)
         error += 0.5 * float(torch.linalg.vector_norm(err)) ** 2
         if fixed_scale is None:
             for c in range(i1, i2, group_size):
@@ -259,14 +261,14 @@ def quantize_weight(weight: torch.Tensor, hessian, *, bits: int = 4, group_size:
         scale, zero = fixed_scale, fixed_zero
     if perm is not None:
         inverse = torch.argsort(perm)
-        Q = Q[:, inverse]
+        Q_t = Q_t[inverse]
     if perm is not None and not static_groups and group_size != -1 and not group_aware:
         # Group i holds the i-th run of group_size columns in processing order: g_idx[perm[i]] = i // group_size.
         g_idx = (torch.arange(columns, device=W.device) // group_size)[inverse]
     else:
         g_idx = default_g_idx(columns, group_size, W.device)
 
-    packed = QuantizedWeight.from_integers(Q, scale, zero, g_idx, bits, group_size, sym, scale_dtype)
+    packed = QuantizedWeight.from_integers(Q_t.t(), scale, zero, g_idx, bits, group_size, sym, scale_dtype)
     return GPTQWeight(**vars(packed), error=error, damp_percent=damp_used, perm=perm,
                       seconds=time.perf_counter() - start, name=name)
 
@@ -316,6 +318,36 @@ def _damped_factor(H: torch.Tensor, damp: float) -> Tuple[torch.Tensor, int]:
     # so L^T is contiguous and R = J L J is one reversal of it (kept column-major).
     L, info = torch.linalg.cholesky_ex(reversed_h.t())
     return L.t().flip((0, 1)).t(), int(info)
+
+
+_onednn_linear = None  # torch.ops.mkldnn._linear_pointwise where it is the faster route, False where not
+
+
+def _use_onednn(t: torch.Tensor) -> bool:
+    global _onednn_linear
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        return False
+    if _onednn_linear is None:
+        op = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+        # MKL runs its AVX2 code on AVX-512 CPUs it does not recognise (AMD), oneDNN its AVX-512 code.
+        _onednn_linear = op if op is not None and torch.backends.cpu.get_cpu_capability() == "AVX512" else False
+    return _onednn_linear is not False
+
+
+def finished_columns_product(residual_t: torch.Tensor, R_block: torch.Tensor) -> torch.Tensor:
+    """residual_t^T @ R_block ([N, i1] x [i1, width]): the lazy-batch update's big product, most of GPTQ's time.
+
+    residual_t is the finished columns' residual stored transposed ([i1, N], contiguous). On AVX-512 CPUs
+    oneDNN's linear computes the product about 1.7x as fast as torch.mm (MKL), reading residual_t in place
+    as a transposed weight; full float32 precision either way.
+    """
+    global _onednn_linear
+    if _use_onednn(residual_t):
+        try:
+            return _onednn_linear(R_block.t().contiguous(), residual_t.t(), None, "none", [], "").t()
+        except RuntimeError:  # an op whose signature changed: use torch.mm from now on
+            _onednn_linear = False
+    return residual_t.t() @ R_block
 
 
 # Below this size a triangular solve against the identity inverts fastest; above, splitting into halves

@@ -10,6 +10,7 @@ import torch
 
 from gptq_kernels import QuantLinear, gptq, ops, quantize_rtn, quantize_weight
 from gptq_kernels.grid import fit_grid, quantize_to_grid
+from conftest import relative_error
 from layer_inputs import correlated_inputs, hessian_of, output_error, random_weight
 
 needs_op = pytest.mark.skipif(not ops.has_kernel("cpu", "gptq_block"), reason="compiled extension not built")
@@ -169,6 +170,38 @@ def test_block_size_does_not_change_the_result():
         b = quantize_weight(w, h, block_size=32, **kwargs).dequantize()
         mismatch = (a != b).float().mean().item()
         assert mismatch < 0.01  # only float rounding differs between block sizes
+
+
+@pytest.mark.parametrize("route", ["onednn", "torch"])
+@pytest.mark.parametrize("rows, finished, width", [(96, 128, 128), (200, 448, 64), (32, 37, 5)])
+def test_lazy_batch_product_matches_float64(monkeypatch, route, rows, finished, width):
+    if route == "onednn" and getattr(torch.ops.mkldnn, "_linear_pointwise", None) is None:
+        pytest.skip("this torch has no oneDNN linear")
+    monkeypatch.setattr(gptq, "_onednn_linear",
+                        torch.ops.mkldnn._linear_pointwise if route == "onednn" else False)
+    g = torch.Generator().manual_seed(rows + finished)
+    residual_t = torch.randn(finished, rows, generator=g)
+    R = torch.randn(finished + width, finished + width, generator=g).triu()
+    block = R[:finished, finished:]  # a strided view, as quantize_weight passes it
+    product = gptq.finished_columns_product(residual_t, block)
+    expected = residual_t.double().t() @ block.double()
+    assert product.shape == (rows, width) and product.dtype == torch.float32
+    assert relative_error(product, expected) < 1e-6
+
+
+def test_both_lazy_batch_routes_give_the_same_quantization(monkeypatch):
+    if getattr(torch.ops.mkldnn, "_linear_pointwise", None) is None:
+        pytest.skip("this torch has no oneDNN linear")
+    x = correlated_inputs(576)
+    h = hessian_of(x).float()
+    w = random_weight(128, 576)
+    results = []
+    for route in (torch.ops.mkldnn._linear_pointwise, False):
+        monkeypatch.setattr(gptq, "_onednn_linear", route)
+        results.append(quantize_weight(w, h, bits=3, group_size=128))
+    a, b = results
+    assert (a.qweight != b.qweight).float().mean().item() < 0.01  # float rounding only
+    assert a.error == pytest.approx(b.error, rel=1e-3)
 
 
 def test_act_order_g_idx_follows_the_ecosystem():
