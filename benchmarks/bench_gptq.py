@@ -39,7 +39,7 @@ def textbook_gptq(W, H, bits=4, group_size=128, sym=True, blocksize=128, percdam
     W[:, dead] = 0
     Q = torch.zeros_like(W)
     damp = percdamp * torch.mean(torch.diag(H))
-    diag = torch.arange(columns)
+    diag = torch.arange(columns, device=W.device)
     H[diag, diag] += damp
     H = torch.linalg.cholesky(H)
     H = torch.cholesky_inverse(H)
@@ -82,7 +82,7 @@ def make_layer(size: int, seed: int = 0):
     return W, H
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -94,6 +94,8 @@ def machine() -> str:
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     except OSError:
         commit = "?"
+    if device.startswith("cuda"):
+        cpu = torch.cuda.get_device_name(torch.device(device))
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, commit {commit}"
 
 
@@ -107,13 +109,15 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: elapsed time; cpu: CPU time of the process (all threads), which other jobs "
                              "on a shared machine disturb far less (default wall)")
+    parser.add_argument("--device", default="cpu", help="where both contenders run: cpu or cuda (default cpu)")
     parser.add_argument("--save", action="store_true", help="append the table to benchmarks/results/bench_gptq.md")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    W, H = make_layer(args.size)
+    W, H = (t.to(args.device) for t in make_layer(args.size))
     contenders = {
         "textbook per-column loop": lambda: textbook_gptq(W, H, args.bits, args.group_size),
         # Each contender's natural result: the textbook's quantized float matrix, quantize_weight's packed
@@ -126,12 +130,14 @@ def main() -> None:
     times = {name: [] for name in contenders}
     for _ in range(args.repeats):
         for name, fn in contenders.items():  # interleaved so that load changes hit both alike
+            sync()
             start = clock()
             fn()
+            sync()
             times[name].append(clock() - start)
     base = statistics.median(times["textbook per-column loop"])
     lines = [f"GPTQ of one {args.size}x{args.size} layer, {args.bits}-bit, group size {args.group_size}, "
-             f"median of {args.repeats}, {args.clock} time ({time.strftime('%Y-%m-%d')}, {machine()})", "",
+             f"median of {args.repeats}, {args.clock} time ({time.strftime('%Y-%m-%d')}, {machine(args.device)})", "",
              f"| contender | median {args.clock} time (s) | speed-up |", "|---|---|---|"]
     for name, t in times.items():
         median = statistics.median(t)
