@@ -2,7 +2,7 @@
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_cuda.py
 
-Covers pack, unpack, dequantize (3 output dtypes), the GEMV kernel (1, 2, 4 and 8 rows per CTA), the tensor-core
+Covers pack, unpack, permute_rows, dequantize (3 output dtypes), the GEMV kernel (1, 2, 4 and 8 rows per CTA), the tensor-core
 kernel (16, 32 and 64 rows per CTA, two row tiles), each with and without split-K, a partial column tile, the
 per-row group path of unsorted act-order g_idx and a bias, and the dequantize + cuBLAS path. Also checks the results loosely, so a run that computes garbage fails too.
 The BCQ ops too: bcq_dequantize (1 to 3 planes, groups inside and on 32-input blocks) and bcq_gemm's
@@ -65,6 +65,8 @@ def main():
     for bits in (2, 3, 4, 8):
         values = torch.randint(0, 1 << bits, (64, 96), dtype=torch.int32, device="cuda")
         assert torch.equal(ops.unpack(ops.pack(values, bits), bits), values)
+        perm = torch.randperm(64, device="cuda")
+        assert torch.equal(ops.unpack(ops.permute_rows(ops.pack(values, bits), perm, bits), bits), values[perm])
         for k, n, group_size, act_order in ((576, 96, 128, False), (576, 96, 64, True), (2048, 160, 32, False)):
             w = layer(k, n, bits, group_size, act_order)
             # The float64 weight, once per layer: the reference is slow under the sanitizer.

@@ -23,6 +23,10 @@ TORCH_LIBRARY(gptq_kernels, m) {
   m.def("pack(Tensor values, int bits) -> Tensor");
   // The inverse of pack: int32 [K*bits/32, N] -> int32 [K, N].
   m.def("unpack(Tensor packed, int bits) -> Tensor");
+  // The act-order repack: rows of the unpacked [K, N] matrix reordered, out row r = row perm[r] (perm int64
+  // [K], a permutation), packed -> packed without unpacking. QuantLinear sorts act-order layers' input
+  // channels by group with it at load, so the matmul kernels never look a group up per weight.
+  m.def("permute_rows(Tensor packed, Tensor perm, int bits) -> Tensor");
   // W^T as a dense [K, N] tensor of scales.dtype. g_idx None means g = k / group_size.
   m.def("dequantize(Tensor qweight, Tensor qzeros, Tensor scales, Tensor? g_idx, int bits, int group_size)"
         " -> Tensor");

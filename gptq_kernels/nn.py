@@ -9,7 +9,7 @@ from torch import nn
 from . import ops, reference
 from .format import (FLOAT_DTYPES, check_bits, check_features, check_group_size, check_layer_tensors,
                      default_g_idx, tensor_shapes)
-from .quantized import QuantizedWeight, pack_rows, quantize_rtn, unpack_rows
+from .quantized import QuantizedWeight, permute_rows, quantize_rtn
 
 # Device types with a compiled gemm kernel, fixed at import so forward() stays free of dispatcher queries.
 _KERNEL_DEVICE_TYPES = frozenset(t for t in ("cpu", "cuda") if ops.has_kernel(t))
@@ -110,8 +110,7 @@ class QuantLinear(nn.Module):
         if not self._kernel_g_idx_needed or bool((g_idx[1:] >= g_idx[:-1]).all()):
             return
         perm = torch.argsort(g_idx, stable=True)
-        values = unpack_rows(self.qweight, self.bits)
-        self.qweight = pack_rows(values[perm].contiguous(), self.bits)
+        self.qweight = permute_rows(self.qweight, perm, self.bits)
         self.g_idx = g_idx[perm].contiguous()
         self.input_perm = perm
         self._kernel_g_idx_needed = not torch.equal(self.g_idx, default_g_idx(self.in_features, self.group_size,
@@ -120,12 +119,8 @@ class QuantLinear(nn.Module):
     def _checkpoint_order(self):
         if self.input_perm is None:
             return self.qweight, self.g_idx
-        values = unpack_rows(self.qweight, self.bits)
-        original = torch.empty_like(values)
-        original[self.input_perm] = values
-        g_idx = torch.empty_like(self.g_idx)
-        g_idx[self.input_perm] = self.g_idx
-        return pack_rows(original, self.bits), g_idx
+        inverse = torch.argsort(self.input_perm)
+        return permute_rows(self.qweight, inverse, self.bits), self.g_idx[inverse]
 
     def _save_to_state_dict(self, destination: Dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)

@@ -54,6 +54,12 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.ops.gptq_kernels.unpack(packed, bits)
 
 
+def permute_rows(packed: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packed [K*bits/32, N] -> packed, with out row r of the unpacked matrix = row perm[r] (int64 [K])."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.permute_rows(packed, perm, bits)
+
+
 def dequantize(qweight, qzeros, scales, g_idx: Optional[torch.Tensor], bits: int, group_size: int) -> torch.Tensor:
     """W^T as a dense [K, N] tensor of scales' dtype."""
     _require_compiled()
@@ -118,6 +124,15 @@ if _IMPORT_ERROR is None:
         torch._check(packed.dim() == 2, lambda: "packed must be 2-D")
         torch._check(packed.shape[0] % bits == 0, lambda: "packed.shape[0] must be a multiple of bits")
         return packed.new_empty((packed.shape[0] // bits * 32, packed.shape[1]), dtype=torch.int32)
+
+    @torch.library.register_fake("gptq_kernels::permute_rows")
+    def _permute_rows_fake(packed, perm, bits):
+        _check_bits(bits)
+        torch._check(packed.dim() == 2, lambda: "packed must be 2-D")
+        torch._check(packed.shape[0] % bits == 0, lambda: "packed.shape[0] must be a multiple of bits")
+        torch._check(perm.dim() == 1 and perm.shape[0] == packed.shape[0] // bits * 32,
+                     lambda: "perm must have one entry per unpacked row")
+        return torch.empty_like(packed, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("gptq_kernels::dequantize")
     def _dequantize_fake(qweight, qzeros, scales, g_idx, bits, group_size):

@@ -25,6 +25,13 @@ def unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return reference.unpack_rows(packed, bits)
 
 
+def permute_rows(packed: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.Tensor:
+    """reference.permute_rows, by the compiled kernel where the device has one (no unpacked copy)."""
+    if ops.has_kernel(packed.device.type, "permute_rows"):
+        return ops.permute_rows(packed, perm, bits)
+    return reference.permute_rows(packed, perm, bits)
+
+
 @dataclass
 class QuantizedWeight:
     """Packed tensors of one linear layer (see gptq_kernels.format for the layout)."""

@@ -56,6 +56,11 @@ def unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.stack(values, dim=1).reshape(rows // bits * 32, n).to(torch.int32)
 
 
+def permute_rows(packed: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packed [K*bits/32, N] -> packed, with out row r of the unpacked [K, N] matrix = row perm[r]."""
+    return pack_rows(unpack_rows(packed, bits)[perm.long()], bits)
+
+
 def pack_zeros(zeros: torch.Tensor, bits: int) -> torch.Tensor:
     """Zero points [G, N] in [0, 2^bits) -> qzeros int32 [G, N*bits/32] in the "gptq" (v1) convention."""
     zeros = zeros.to(torch.int64)

@@ -89,6 +89,18 @@ def test_pack_and_unpack_are_exact(bits):
 
 
 @pytest.mark.parametrize("bits", BITS)
+def test_permute_rows_matches_the_cpu_op(bits):
+    for k, n in ((576, 96), (32, 40), (4096, 3)):
+        values = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32)
+        perm = torch.randperm(k)
+        packed = pack_bitstream(values, bits)
+        poison_allocator()
+        out = ops.permute_rows(packed.cuda(), perm.cuda(), bits)
+        assert torch.equal(out.cpu(), pack_bitstream(values[perm].contiguous(), bits))
+        assert torch.equal(out.cpu(), ops.permute_rows(packed, perm, bits))
+
+
+@pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("group_size", GROUP_SIZES + [48])
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16, torch.float32])

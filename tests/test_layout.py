@@ -82,6 +82,39 @@ def test_pack_errors():
         reference.pack_rows(torch.zeros(40, 32, dtype=torch.int32), 4)
 
 
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("k,n", [(32, 1), (96, 64), (576, 40)])
+def test_permute_rows_matches_the_independent_packer(bits, k, n):
+    g = torch.Generator().manual_seed(bits * k + n)
+    values = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32, generator=g)
+    perm = torch.randperm(k, generator=g)
+    expected = pack_bitstream(values[perm].contiguous(), bits)
+    packed = pack_bitstream(values, bits)
+    assert torch.equal(ops.permute_rows(packed, perm, bits), expected)
+    assert torch.equal(reference.permute_rows(packed, perm, bits), expected)
+    # A non-contiguous packed tensor gives the same result.
+    wide = torch.zeros(packed.shape[0], 2 * n, dtype=torch.int32)
+    wide[:, ::2] = packed
+    assert torch.equal(ops.permute_rows(wide[:, ::2], perm, bits), expected)
+
+
+def test_permute_rows_errors():
+    packed = torch.zeros(12, 8, dtype=torch.int32)  # 3-bit: K = 128
+    perm = torch.arange(128)
+    with pytest.raises(RuntimeError, match=r"perm must be int64"):
+        ops.permute_rows(packed, perm.int(), 3)
+    with pytest.raises(RuntimeError, match=r"perm must have shape \[128\]"):
+        ops.permute_rows(packed, perm[:96], 3)
+    with pytest.raises(RuntimeError, match=r"perm\[5\] = 128 is not a row index in \[0, 128\)"):
+        ops.permute_rows(packed, torch.cat([perm[:5], torch.tensor([128]), perm[6:]]), 3)
+    with pytest.raises(RuntimeError, match="not a permutation: row 0 appears twice"):
+        ops.permute_rows(packed, torch.cat([perm[:5], torch.tensor([0]), perm[6:]]), 3)
+    with pytest.raises(RuntimeError, match="multiple of bits = 3"):
+        ops.permute_rows(packed[:11], perm, 3)
+    with pytest.raises(RuntimeError, match="bits"):
+        ops.permute_rows(packed, perm, 5)
+
+
 def test_layout_shapes_and_checks():
     shapes = format.tensor_shapes(576, 1536, 3, 128)
     assert shapes == {"qweight": (54, 1536), "qzeros": (5, 144), "scales": (5, 1536), "g_idx": (576,),

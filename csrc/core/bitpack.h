@@ -69,6 +69,21 @@ GPTQ_HD uint32_t extract_at(const uint32_t* column, int64_t stride, int64_t i, i
   return extract(column + block * bits * stride, stride, static_cast<int>(i % kBlockValues), bits);
 }
 
+// One block of a row-gathered packed column: value j of the result is value index[j] of the source column
+// (words `stride` apart, `rows` values), for j = 0..31; the block's `bits` words go to out[0..bits). Indices
+// outside [0, rows) are clamped: the CUDA op cannot check them without waiting for the GPU (the CPU op checks
+// them first). permute_rows, the act-order repack, is this for every block and column.
+template <typename Index>
+GPTQ_HD void gather_block(const uint32_t* column, int64_t stride, int64_t rows, const Index* index, int bits,
+                          uint32_t* out) {
+  for (int i = 0; i < bits; ++i) out[i] = 0u;
+  for (int j = 0; j < kBlockValues; ++j) {
+    int64_t row = static_cast<int64_t>(index[j]);
+    row = row < 0 ? 0 : (row >= rows ? rows - 1 : row);
+    insert(out, 1, j, bits, extract_at(column, stride, row, bits));
+  }
+}
+
 // Groups: G = ceil(K / group_size); group_size == -1 means one group spanning all of K.
 GPTQ_HD constexpr int64_t num_groups(int64_t k, int64_t group_size) {
   return group_size == -1 ? 1 : (k + group_size - 1) / group_size;

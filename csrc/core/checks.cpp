@@ -1,5 +1,7 @@
 #include "core/checks.h"
 
+#include <vector>
+
 #include <c10/util/Exception.h>
 
 #include "core/bitpack.h"
@@ -115,6 +117,30 @@ void check_packed(const char* op, const at::Tensor& packed, int64_t bits) {
   check_int32_matrix(op, "packed", packed);
   TORCH_CHECK(packed.size(0) % bits == 0, op, ": packed.size(0) = ", packed.size(0),
               " must be a multiple of bits = ", bits, " (32 values fill `bits` words)");
+}
+
+void check_permute_rows_args(const char* op, const at::Tensor& packed, const at::Tensor& perm, int64_t bits) {
+  check_packed(op, packed, bits);
+  const int64_t k = packed.size(0) / bits * 32;
+  TORCH_CHECK(perm.device() == packed.device(), op, ": perm is on ", perm.device(), " but packed is on ",
+              packed.device());
+  TORCH_CHECK(perm.scalar_type() == at::kLong, op, ": perm must be int64 (as torch.argsort returns), got ",
+              perm.scalar_type());
+  TORCH_CHECK(perm.dim() == 1 && perm.size(0) == k, op, ": perm must have shape [", k, "] (one entry per row "
+              "of the unpacked [K, N] matrix, K = packed.size(0) / bits * 32), got ", perm.sizes());
+}
+
+void check_permutation_values(const char* op, const at::Tensor& perm) {
+  const at::Tensor p = perm.contiguous();
+  const int64_t* index = p.data_ptr<int64_t>();
+  const int64_t k = p.numel();
+  std::vector<bool> seen(static_cast<size_t>(k), false);
+  for (int64_t i = 0; i < k; ++i) {
+    TORCH_CHECK(index[i] >= 0 && index[i] < k, op, ": perm[", i, "] = ", index[i], " is not a row index in [0, ",
+                k, ")");
+    TORCH_CHECK(!seen[index[i]], op, ": perm is not a permutation: row ", index[i], " appears twice");
+    seen[index[i]] = true;
+  }
 }
 
 void check_group_index_values(const char* op, const at::Tensor& g_idx, int64_t groups) {

@@ -36,6 +36,11 @@ void check_bias(const char* op, const c10::optional<at::Tensor>& bias, const Qua
 void check_pack_values(const char* op, const at::Tensor& values, int64_t bits);
 void check_packed(const char* op, const at::Tensor& packed, int64_t bits);
 
+// permute_rows' arguments: packed as check_packed, perm int64 [K] (K = packed.size(0) / bits * 32) on
+// packed's device. Does not read values; check_permutation_values does, for host memory (CPU op).
+void check_permute_rows_args(const char* op, const at::Tensor& packed, const at::Tensor& perm, int64_t bits);
+void check_permutation_values(const char* op, const at::Tensor& perm);
+
 // gptq_block's arguments: weight [rows, B] and hinv [B, B] float32, scale and zero both given ([rows, B]
 // float32) or both absent (then group_size > 0 and column_offset a multiple of it), all on weight's device.
 // Returns true when the op fits the grids itself (scale and zero absent).

@@ -1,4 +1,4 @@
-// CPU implementations of pack, unpack and dequantize, built on the shared bit helpers.
+// CPU implementations of pack, unpack, permute_rows and dequantize, built on the shared bit helpers.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -65,6 +65,28 @@ at::Tensor unpack_cpu(const at::Tensor& packed, int64_t bits) {
   return values;
 }
 
+at::Tensor permute_rows_cpu(const at::Tensor& packed, const at::Tensor& perm, int64_t bits) {
+  constexpr const char* op = "gptq_kernels.permute_rows";
+  core::check_permute_rows_args(op, packed, perm, bits);
+  core::check_permutation_values(op, perm);
+  const int64_t rows = packed.size(0), n = packed.size(1), k = rows / bits * 32;
+  const at::Tensor p = packed.contiguous(), index = perm.contiguous();
+  const auto* src = reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>());
+  const int64_t* rows_of = index.data_ptr<int64_t>();
+  at::Tensor out = at::empty_like(p);
+  auto* dst = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  at::parallel_for(0, k / 32, kGrainBlocks, [&](int64_t b0, int64_t b1) {
+    uint32_t words[8];
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t col = 0; col < n; ++col) {
+        core::gather_block(src + col, n, k, rows_of + b * 32, static_cast<int>(bits), words);
+        for (int64_t i = 0; i < bits; ++i) dst[(b * bits + i) * n + col] = words[i];
+      }
+    }
+  });
+  return out;
+}
+
 template <typename T>
 void dequantize_columns_typed(const core::QuantGeometry& geo, const uint32_t* qweight, const uint32_t* qzeros,
                               const T* scales, const int32_t* g_idx, int64_t n_begin, int64_t n_end, float* dst,
@@ -125,6 +147,7 @@ void dequantize_columns(const core::QuantGeometry& geometry, const at::Tensor& q
 TORCH_LIBRARY_IMPL(gptq_kernels, CPU, m) {
   m.impl("pack", &pack_cpu);
   m.impl("unpack", &unpack_cpu);
+  m.impl("permute_rows", &permute_rows_cpu);
   m.impl("dequantize", &dequantize_cpu);
 }
 

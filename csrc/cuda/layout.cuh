@@ -1,4 +1,4 @@
-// Element-wise layout kernels: pack, unpack and dequantize. One thread owns one 32-row block of one column:
+// Element-wise layout kernels: pack, unpack, permute_rows and dequantize. One thread owns one 32-row block of one column:
 // it reads or writes that block's `bits` words (consecutive threads = consecutive columns, so every word
 // access is coalesced across the warp) and the block's 32 values. These ops run once per layer (loading,
 // the large-batch gemm path), not per token, so simplicity wins over the last few percent of bandwidth.
@@ -33,6 +33,9 @@ void launch_dequantize(const DequantParams& p, int bits, FloatType out_type, voi
 // each value: range checking would need the values on the host, which the CUDA ops never wait for.
 void launch_pack(const int32_t* values, uint32_t* packed, int64_t k, int64_t n, int bits, cudaStream_t stream);
 void launch_unpack(const uint32_t* packed, int32_t* values, int64_t k, int64_t n, int bits, cudaStream_t stream);
+// out row r of the unpacked [k, n] matrix = row perm[r] of packed's (perm entries clamped to [0, k)).
+void launch_permute_rows(const uint32_t* packed, const int64_t* perm, uint32_t* out, int64_t k, int64_t n, int bits,
+                         cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace gptq_kernels

@@ -1,4 +1,4 @@
-// Kernels of csrc/cuda/layout.cuh (pack, unpack, dequantize), one template per bit width so every shift and
+// Kernels of csrc/cuda/layout.cuh (pack, unpack, permute_rows, dequantize), one template per bit width so every shift and
 // word index below is a compile-time constant.
 #include "cuda/layout.cuh"
 
@@ -73,6 +73,22 @@ __global__ void __launch_bounds__(kLayoutThreads)
   }
 }
 
+// One thread per (32-row block, column): its 32 source values come from 32 scattered rows, but consecutive
+// threads read consecutive columns of the same row, so every load is coalesced across the warp.
+template <int BITS>
+__global__ void __launch_bounds__(kLayoutThreads)
+    permute_rows_kernel(const uint32_t* __restrict__ packed, const int64_t* __restrict__ perm,
+                        uint32_t* __restrict__ out, int64_t k, int64_t n) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kLayoutThreads + threadIdx.x;
+  if (col >= n) return;
+  for (int64_t b = blockIdx.y; b < k / core::kBlockValues; b += gridDim.y) {
+    uint32_t w[BITS];
+    core::gather_block(packed + col, n, k, perm + b * core::kBlockValues, BITS, w);
+#pragma unroll
+    for (int i = 0; i < BITS; ++i) out[(b * BITS + i) * n + col] = w[i];
+  }
+}
+
 template <int BITS>
 void launch_dequantize_bits(const DequantParams& p, FloatType out_type, void* out, cudaStream_t stream) {
   const dim3 grid = layout_grid(p.k, p.n);
@@ -116,6 +132,17 @@ void launch_unpack(const uint32_t* packed, int32_t* values, int64_t k, int64_t n
     case 3: unpack_kernel<3><<<grid, kLayoutThreads, 0, stream>>>(packed, values, k, n); break;
     case 4: unpack_kernel<4><<<grid, kLayoutThreads, 0, stream>>>(packed, values, k, n); break;
     default: unpack_kernel<8><<<grid, kLayoutThreads, 0, stream>>>(packed, values, k, n);
+  }
+}
+
+void launch_permute_rows(const uint32_t* packed, const int64_t* perm, uint32_t* out, int64_t k, int64_t n, int bits,
+                         cudaStream_t stream) {
+  const dim3 grid = layout_grid(k, n);
+  switch (bits) {
+    case 2: permute_rows_kernel<2><<<grid, kLayoutThreads, 0, stream>>>(packed, perm, out, k, n); break;
+    case 3: permute_rows_kernel<3><<<grid, kLayoutThreads, 0, stream>>>(packed, perm, out, k, n); break;
+    case 4: permute_rows_kernel<4><<<grid, kLayoutThreads, 0, stream>>>(packed, perm, out, k, n); break;
+    default: permute_rows_kernel<8><<<grid, kLayoutThreads, 0, stream>>>(packed, perm, out, k, n);
   }
 }
 

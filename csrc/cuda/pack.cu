@@ -1,4 +1,4 @@
-// CUDA pack, unpack and dequantize: the layout ops (kernels in layout_kernels.cu). Inputs are checked by the
+// CUDA pack, unpack, permute_rows and dequantize: the layout ops (kernels in layout_kernels.cu). Inputs are checked by the
 // same code as on the CPU (core/checks.h), without reading any tensor value, so nothing here waits for the GPU.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -46,6 +46,22 @@ at::Tensor unpack_cuda(const at::Tensor& packed, int64_t bits) {
   return values;
 }
 
+// perm is not checked to be a permutation (that would need it on the host): out-of-range entries are clamped.
+at::Tensor permute_rows_cuda(const at::Tensor& packed, const at::Tensor& perm, int64_t bits) {
+  constexpr const char* op = "gptq_kernels.permute_rows";
+  core::check_permute_rows_args(op, packed, perm, bits);
+  const int64_t rows = packed.size(0), n = packed.size(1), k = rows / bits * 32;
+  const c10::cuda::CUDAGuard guard(packed.device());
+  const at::Tensor p = packed.contiguous(), index = perm.contiguous();
+  at::Tensor out = at::empty_like(p);
+  if (out.numel() == 0) return out;
+  launch_permute_rows(reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>()), index.data_ptr<int64_t>(),
+                      reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()), k, n, static_cast<int>(bits),
+                      c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 // g_idx entries are not range-checked here (the CPU op does it on the host); see group_at in common.cuh.
 at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& qzeros, const at::Tensor& scales,
                            const c10::optional<at::Tensor>& g_idx, int64_t bits, int64_t group_size) {
@@ -64,6 +80,7 @@ at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& qzeros, 
 TORCH_LIBRARY_IMPL(gptq_kernels, CUDA, m) {
   m.impl("pack", &pack_cuda);
   m.impl("unpack", &unpack_cuda);
+  m.impl("permute_rows", &permute_rows_cuda);
   m.impl("dequantize", &dequantize_cuda);
 }
 
