@@ -33,7 +33,7 @@ from torch import nn
 
 from .bcq_linear import BCQLinear
 from .data import TextSource, calibration_samples
-from .gptq import prepare_hessian, quantize_weight
+from .gptq import float32_linear, prepare_hessian, quantize_weight
 from .gptqt import DEFAULT_REEXPLORE, BCQWeight, quantize_weight_gptqt
 from .nn import QuantLinear
 from .quantized import QuantizedWeight, quantize_rtn
@@ -283,11 +283,18 @@ def _replay_budget(device: torch.device) -> int:
         return 0
 
 
+class _StandInLinear(nn.Linear):
+    """nn.Linear through float32_linear: in the driver's passes almost every GEMM is one of these."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return float32_linear(x, self.weight, self.bias)
+
+
 def _float_stand_in(module: nn.Module, weight: torch.Tensor) -> nn.Linear:
     """An nn.Linear computing with the dequantized weight: the layer's later groups see the quantized output."""
     old = linear_weight(module)
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None, dtype=old.dtype,
-                       device=old.device)
+    linear = _StandInLinear(weight.shape[1], weight.shape[0], bias=module.bias is not None, dtype=old.dtype,
+                            device=old.device)
     with torch.no_grad():
         linear.weight.copy_(weight)
         if module.bias is not None:

@@ -350,6 +350,17 @@ def finished_columns_product(residual_t: torch.Tensor, R_block: torch.Tensor) ->
     return residual_t.t() @ R_block
 
 
+def float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear, through oneDNN where that is the faster route for float32 on the CPU (as above)."""
+    global _onednn_linear
+    if _use_onednn(x) and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+        try:
+            return _onednn_linear(x, weight, bias, "none", [], "")
+        except RuntimeError:
+            _onednn_linear = False
+    return torch.nn.functional.linear(x, weight, bias)
+
+
 # Below this size a triangular solve against the identity inverts fastest; above, splitting into halves
 # turns most of the work into two matrix products, which BLAS runs several times faster than a solve.
 _TRIANGULAR_LEAF = 256
