@@ -189,6 +189,26 @@ def test_lazy_batch_product_matches_float64(monkeypatch, route, rows, finished, 
     assert relative_error(product, expected) < 1e-6
 
 
+@pytest.mark.parametrize("route", ["onednn", "torch"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_float32_linear_matches_float64(monkeypatch, route, bias):
+    if route == "onednn" and getattr(torch.ops.mkldnn, "_linear_pointwise", None) is None:
+        pytest.skip("this torch has no oneDNN linear")
+    monkeypatch.setattr(gptq, "_onednn_linear",
+                        torch.ops.mkldnn._linear_pointwise if route == "onednn" else False)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 37, 96, generator=g)
+    weight = torch.randn(160, 96, generator=g)
+    b = torch.randn(160, generator=g) if bias else None
+    y = gptq.float32_linear(x, weight, b)
+    expected = x.double() @ weight.double().t() + (b.double() if bias else 0)
+    assert y.shape == (2, 37, 160) and y.dtype == torch.float32
+    assert relative_error(y, expected) < 1e-6
+    # Other dtypes always take F.linear.
+    assert torch.equal(gptq.float32_linear(x.bfloat16(), weight.bfloat16()),
+                       torch.nn.functional.linear(x.bfloat16(), weight.bfloat16()))
+
+
 def test_both_lazy_batch_routes_give_the_same_quantization(monkeypatch):
     if getattr(torch.ops.mkldnn, "_linear_pointwise", None) is None:
         pytest.skip("this torch has no oneDNN linear")
