@@ -17,7 +17,7 @@ BITS = [2, 3, 4, 8]
 GROUP_SIZES = [32, 64, 128, -1]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Rows of x: 1 and small counts take the fused kernel; 33 and 257 the dequantize + GEMM path.
-ROWS = [1, 3, 26, 33, 257]
+ROWS = [1, 3, 26, 33, 200, 257]
 
 
 def call_gemm(x, tensors, bits, group_size, bias=None, pass_g_idx=True):
@@ -183,7 +183,7 @@ for bits in (2, 3, 4, 8):
     for group_size in (32, 128, -1):
         t, q, scale, zero, g_idx = random_layer(576, 96, bits, group_size)  # asymmetric, with zero points of 0
         w_t = expected_weight_t(q, scale, zero, g_idx)
-        for rows in (1, 2, 3, 5, 7, 9, 15, 17, 31, 32):  # whole and partial row bands of every variant
+        for rows in (1, 2, 3, 5, 7, 9, 15, 17, 31, 32, 77, 256, 300):  # row bands; both sides of each crossover
             for dtype in worst:
                 x = torch.randn(rows, 576).to(dtype)
                 y = ops.gemm(x, t["qweight"], t["qzeros"], t["scales"], None, None, bits, group_size)

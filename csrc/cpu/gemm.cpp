@@ -1,18 +1,24 @@
 // CPU `gemm`: y = x @ W^T + bias with W in the GPTQ layout.
 //
 // Two paths:
-//  * few rows (M <= kFusedMaxRows) and groups that do not split a 32-row block: the fused kernel of
-//    cpu/gemv_tile.h, which reads each packed weight once and never forms the dequantized matrix (for bf16
-//    activations on CPUs with AVX512_BF16, its vdpbf16ps variant: cpu/bf16_pairs.h);
+//  * up to fused_max_rows() rows (32 with AVX2, 256 with AVX-512) and groups that do not split a 32-row block:
+//    the fused kernel of cpu/gemv_tile.h, which reads each packed weight once and never forms the dequantized
+//    matrix (for bf16 activations on CPUs with AVX512_BF16, its vdpbf16ps variant: cpu/bf16_pairs.h);
 //  * otherwise (large batches, or act-order g_idx that has not been reordered): dequantize a tile of
-//    columns to fp32 and multiply it with the BLAS GEMM, whose speed a hand-written kernel would not beat.
+//    columns to fp32 and multiply it with a library GEMM, whose speed a hand-written kernel would not beat:
+//    oneDNN's on AVX-512 CPUs (torch's MKL runs its AVX2 code on AMD ones, at well under half the speed),
+//    at::mm elsewhere.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "core/bitpack.h"
@@ -26,8 +32,11 @@ namespace gptq_kernels {
 namespace cpu {
 namespace {
 
-// Above this many rows, decoding the weights once per row band costs more than dequantize + BLAS.
-constexpr int64_t kFusedMaxRows = 32;
+// Above this many rows, decoding the weights once per row band costs more than dequantize + GEMM. Measured at
+// 4096 x 11008 on two cores: with AVX2 the crossover was near 32 rows; with AVX-512 the fused kernel still ran
+// 2.2 to 4.3 times as fast as dequantize + oneDNN at 128 rows and faster at 256 (the dequantization itself,
+// not the GEMM, is then most of the other path's time).
+int64_t fused_max_rows() { return selected_cpu_isa() >= CpuIsa::kAvx512 ? 256 : 32; }
 // Columns per dequantized tile of the large-batch path: K * tile width floats stay within this many bytes.
 constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
 
@@ -222,20 +231,47 @@ at::Tensor fused_gemv(const core::QuantGeometry& geo, const at::Tensor& x, bool 
   return y;
 }
 
+// oneDNN's float32 linear (torch.ops.mkldnn._linear_pointwise), called boxed so that a change of its C++
+// signature cannot break the build; absent where torch has no oneDNN or the CPU level is below AVX-512.
+const c10::OperatorHandle* onednn_linear() {
+  static const std::optional<c10::OperatorHandle> handle = []() -> std::optional<c10::OperatorHandle> {
+    if (selected_cpu_isa() < CpuIsa::kAvx512) return std::nullopt;
+    return c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  }();
+  return handle ? &*handle : nullptr;
+}
+
+// y_tile = x @ w_tile for x [M, K] and w_tile [K, width], both contiguous float32.
+void tile_gemm(const at::Tensor& x, const at::Tensor& w_tile, at::Tensor& y_tile) {
+  static bool onednn_failed = false;
+  if (const c10::OperatorHandle* linear = onednn_linear(); linear != nullptr && !onednn_failed) {
+    // oneDNN reads w_tile^T ([width, K], the weight layout it expects) in place.
+    torch::jit::Stack stack{x, w_tile.t(), c10::IValue(), c10::IValue(std::string("none")),
+                            c10::IValue(c10::List<std::optional<at::Scalar>>()), c10::IValue()};
+    try {
+      linear->callBoxed(stack);
+      y_tile.copy_(stack.at(0).toTensor());
+      return;
+    } catch (const c10::Error&) {
+      onednn_failed = true;  // another torch whose op takes other arguments: at::mm from now on
+    }
+  }
+  at::mm_out(y_tile, x, w_tile);
+}
+
 at::Tensor dequantize_then_gemm(const core::QuantGeometry& geo, const at::Tensor& x, const at::Tensor& qweight,
                                 const at::Tensor& qzeros, const at::Tensor& scales, const at::Tensor& g_idx) {
   const int64_t tile = std::min(geo.n, std::max<int64_t>(32, kDequantTileBytes / 4 / geo.k / 32 * 32));
   at::Tensor y = at::empty({x.size(0), geo.n}, x.options());
-  at::Tensor w = at::empty({geo.k, tile}, x.options());
   for (int64_t n0 = 0; n0 < geo.n; n0 += tile) {
     const int64_t width = std::min(tile, geo.n - n0);
-    at::Tensor w_tile = w.narrow(1, 0, width);
+    at::Tensor w_tile = at::empty({geo.k, width}, x.options());
     at::parallel_for(0, width / 32, 1, [&](int64_t t0, int64_t t1) {
       dequantize_columns(geo, qweight, qzeros, scales, g_idx, n0 + t0 * 32, n0 + t1 * 32,
-                         w.data_ptr<float>() + t0 * 32, tile);
+                         w_tile.data_ptr<float>() + t0 * 32, width);
     });
     at::Tensor y_tile = y.narrow(1, n0, width);
-    at::mm_out(y_tile, x, w_tile);
+    tile_gemm(x, w_tile, y_tile);
   }
   return y;
 }
@@ -258,7 +294,7 @@ at::Tensor gemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Te
   const int32_t* g = g_idx.has_value() ? g_idx->data_ptr<int32_t>() : nullptr;
   Segments segments;
   at::Tensor y;
-  if (x2.size(0) <= kFusedMaxRows && block_segments(geo, g, segments)) {
+  if (x2.size(0) <= fused_max_rows() && block_segments(geo, g, segments)) {
     y = fused_gemv(geo, x2, x.scalar_type() == at::kBFloat16, qweight, qzeros, scales, segments);
   } else {
     y = dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx.has_value() ? *g_idx : at::Tensor());
