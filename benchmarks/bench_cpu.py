@@ -49,8 +49,10 @@ def bench_shape(k: int, n: int, batch: int, bits_list, group_size: int, rounds: 
         x = torch.randn(batch, k, dtype=dtype)
         contenders[name] = (lambda r, ws=ws, x=x: F.linear(x, ws[r % len(ws)]))
         bytes_moved[name] = w_bytes
-    # torch's own int4 CPU kernel (bf16 activations, 4-bit only).
+    # torch's own int4 CPU kernel (bf16 activations, 4-bit only; K must be a multiple of the group size).
     try:
+        if k % group_size:
+            raise RuntimeError(f"K = {k} is not a multiple of group_size = {group_size}")
         int4_bytes = k * n // 2 + (k // group_size) * n * 4
         packs = []
         for _ in range(copies_for(int4_bytes)):
