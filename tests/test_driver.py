@@ -58,9 +58,13 @@ def test_linears_are_grouped_by_shared_input_in_execution_order():
         assert [sorted(s) for s in sets] == [sorted(s) for s in expected]
 
 
+@pytest.mark.parametrize("route", ["onednn", "torch"])
 @pytest.mark.parametrize("columns", [64, 200, 576])
-def test_hessian_accumulates_the_full_symmetric_matrix(columns):
+def test_hessian_accumulates_the_full_symmetric_matrix(monkeypatch, route, columns):
     # Samples of different lengths; the CPU path sums only the lower triangle, in bands of rows.
+    if route == "onednn" and getattr(torch.ops.mkldnn, "_linear_pointwise", None) is None:
+        pytest.skip("this torch has no oneDNN linear")
+    monkeypatch.setattr(gk.gptq, "_onednn_linear", torch.ops.mkldnn._linear_pointwise if route == "onednn" else False)
     torch.manual_seed(columns)
     chunks = [torch.randn(1, rows, columns) + 0.5 for rows in (7, 1500, 900, 33, 2100)]
     hessian = driver._Hessian(columns, torch.device("cpu"))
@@ -80,15 +84,13 @@ def _quantized_tensors(model):
 
 
 def _count_linear_calls(monkeypatch):
+    """Counts forwards of linear modules: the model's own and the driver's quantized stand-ins."""
     calls = [0]
-    linear = F.linear
-
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return linear(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "linear", counting)
-    monkeypatch.setattr(driver, "float32_linear", counting)  # the quantized stand-ins' route
+    for cls in (torch.nn.Linear, driver._StandInLinear):
+        def counting(self, x, forward=cls.forward):
+            calls[0] += 1
+            return forward(self, x)
+        monkeypatch.setattr(cls, "forward", counting)
     return calls
 
 
