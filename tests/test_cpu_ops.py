@@ -16,8 +16,9 @@ pytestmark = pytest.mark.skipif(not ops.has_kernel("cpu"), reason="compiled CPU 
 BITS = [2, 3, 4, 8]
 GROUP_SIZES = [32, 64, 128, -1]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# Rows of x: 1 and small counts take the fused kernel; 33 and 257 the dequantize + GEMM path.
-ROWS = [1, 3, 26, 33, 200, 257]
+# Rows of x: up to 128 (AVX2) or 256 (AVX-512) take the fused kernel, with a last row band of 1 row at 33 and
+# 129; 257 takes the dequantize + GEMM path everywhere.
+ROWS = [1, 3, 26, 33, 129, 200, 257]
 
 
 def call_gemm(x, tensors, bits, group_size, bias=None, pass_g_idx=True):

@@ -1,7 +1,7 @@
 // CPU `gemm`: y = x @ W^T + bias with W in the GPTQ layout.
 //
 // Two paths:
-//  * up to fused_max_rows() rows (32 with AVX2, 256 with AVX-512) and groups that do not split a 32-row block:
+//  * up to fused_max_rows() rows (128 with AVX2, 256 with AVX-512) and groups that do not split a 32-row block:
 //    the fused kernel of cpu/gemv_tile.h, which reads each packed weight once and never forms the dequantized
 //    matrix (for bf16 activations on CPUs with AVX512_BF16, its vdpbf16ps variant: cpu/bf16_pairs.h);
 //  * otherwise (large batches, or act-order g_idx that has not been reordered): dequantize a tile of
@@ -33,10 +33,14 @@ namespace cpu {
 namespace {
 
 // Above this many rows, decoding the weights once per row band costs more than dequantize + GEMM. Measured at
-// 4096 x 11008 on two cores: with AVX2 the crossover was near 32 rows; with AVX-512 the fused kernel still ran
-// 2.2 to 4.3 times as fast as dequantize + oneDNN at 128 rows and faster at 256 (the dequantization itself,
-// not the GEMM, is then most of the other path's time).
-int64_t fused_max_rows() { return selected_cpu_isa() >= CpuIsa::kAvx512 ? 256 : 32; }
+// 4096 x 11008 on two AMD EPYC cores: with AVX2 the fused kernel took 22, 42, 82 and 167 ms at 33, 64, 128 and
+// 256 rows against 42, 57 and 90 ms for dequantize + MKL up to 128 rows and 164 ms for the float GEMM alone at 256;
+// with AVX-512 it still ran 2.2 to 4.3 times as fast as dequantize + oneDNN at 128 rows and faster at 256 (the
+// dequantization itself, not the GEMM, is then most of the other path's time). The scalar kernel stops early.
+int64_t fused_max_rows() {
+  const CpuIsa isa = selected_cpu_isa();
+  return isa >= CpuIsa::kAvx512 ? 256 : isa == CpuIsa::kAvx2 ? 128 : 32;
+}
 // Columns per dequantized tile of the large-batch path: K * tile width floats stay within this many bytes.
 constexpr int64_t kDequantTileBytes = int64_t{8} << 20;
 
