@@ -11,7 +11,8 @@ contain linear layers: ``model.layers`` in Llama/Mistral/Qwen, ``model.decoder.l
    the group's input with a forward hook, quantizes the group, and puts the quantized weights in place so
    the next group's Hessian sees the quantized earlier groups. Each pass stops where the group's input has
    been seen, and replays the outputs of the linears quantized before it instead of recomputing them
-   (within a memory budget), so every linear's GEMM runs about once per sample;
+   (within a memory budget), so every linear's GEMM runs about once per sample; once all of a part's linears
+   are quantized (the attention, after its output projection), later passes replay that part whole;
 3. reruns the quantized layer to get the next layer's inputs, replaces its linears by QuantLinear (GPTQ, RTN)
    or BCQLinear (GPTQT, binary-coded) and moves it back where it was.
 
@@ -203,7 +204,7 @@ def _input_sets(layer: nn.Module, names: Sequence[str], sample) -> List[List[str
 
 
 class _Pass:
-    """Which forward of the layer is running: (pass number, sample index), read by _ReplayedLinear."""
+    """Which forward of the layer is running: (pass number, sample index), read by _Replayed."""
 
     def __init__(self):
         self.key = (0, -1)
@@ -237,45 +238,61 @@ def _run_layer(layer, samples, current: Optional[_Pass] = None,
     return outputs
 
 
-class _ReplayedLinear(nn.Module):
-    """Wraps a linear that is final for the rest of its layer's passes: its output for each sample is computed
-    once and replayed in the later passes (the later groups' Hessians and the final pass), which then skip its
-    GEMM. Replaying is exact: the linear's input is final too, because everything upstream of it was quantized
-    before it (true-sequential order is execution order).
+def _tensors(value) -> List[torch.Tensor]:
+    """The tensors in a module's output or arguments (tensors, tuples, lists, dicts), in order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
-    Outputs are kept while the shared budget (bytes) lasts. An output that something changed in place (its
-    version counter moved) or whose shape does not match is recomputed instead.
+
+class _Replayed(nn.Module):
+    """Wraps a module that is final for the rest of its layer's passes: a quantized linear, or a part of the layer
+    (its attention, say) whose linears are all quantized. Its output for each sample is computed once and replayed
+    in the later passes (the later groups' Hessians and the final pass), which then skip its work. Replaying is
+    exact: the module's input is final too, because everything upstream of it was quantized before it
+    (true-sequential order is execution order).
+
+    Outputs are kept while the shared budget (bytes) lasts. An output that something changed in place (a version
+    counter moved) or whose leading dimensions do not match the first input's is recomputed instead.
     """
 
-    def __init__(self, linear: nn.Module, current: _Pass, budget: List[int]):
+    def __init__(self, module: nn.Module, current: _Pass, budget: List[int]):
         super().__init__()
-        self.linear = linear
+        self.inner = module
         self._current, self._budget = current, budget
-        self._outputs: Dict[Tuple, Tuple[torch.Tensor, int]] = {}
+        self._outputs: Dict[Tuple, Tuple[object, List[int], int]] = {}
         self._key, self._calls = None, 0
 
-    def __getattr__(self, name):  # models may read attributes of their linears (weight.dtype, ...)
+    def __getattr__(self, name):  # models read attributes of their modules (weight.dtype, head_dim, ...)
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["linear"], name)
+            return getattr(self._modules["inner"], name)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._current.key != self._key:  # a new sample: count this linear's calls within its forward
+    def forward(self, *args, **kwargs):
+        if self._current.key != self._key:  # a new sample: count this module's calls within its forward
             self._key, self._calls = self._current.key, 0
         key = (self._current.key[1], self._calls)
         self._calls += 1
+        inputs = _tensors((args, kwargs))
         saved = self._outputs.get(key)
         if saved is not None:
-            out, version = saved
-            if out._version == version and out.shape[:-1] == x.shape[:-1]:
+            out, versions, size = saved
+            tensors = _tensors(out)
+            if ([t._version for t in tensors] == versions and inputs and tensors
+                    and tensors[0].shape[:-1] == inputs[0].shape[:-1]):
                 return out
             del self._outputs[key]
-            self._budget[0] += out.numel() * out.element_size()
-        out = self.linear(x)
-        size = out.numel() * out.element_size()
-        if size <= self._budget[0]:
-            self._outputs[key] = (out, out._version)
+            self._budget[0] += size
+        out = self.inner(*args, **kwargs)
+        tensors = _tensors(out)
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if tensors and size <= self._budget[0]:
+            self._outputs[key] = (out, [t._version for t in tensors], size)
             self._budget[0] -= size
         return out
 
@@ -504,54 +521,80 @@ def _gptq_layer(layer, index, samples, method, bits, group_size, true_sequential
     quantized, rows = {}, []
     current, budget = _Pass(), [_replay_budget(next(layer.parameters()).device)]
     stand_ins: Dict[str, nn.Module] = {}
-    for stage in stages:
-        modules = {s[0]: layer.get_submodule(s[0]) for s in stage}
-        hessians = {n: _Hessian(linear_weight(m).shape[1], linear_weight(m).device) for n, m in modules.items()}
-        hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: hessians[n].add(args[0]))
-                 for n, m in modules.items()]
-        # The forward can stop when the stage's last input has been seen (later parts do not change the Hessians).
-        try:
-            _run_layer(layer, samples, current, stop_before=modules[stage[-1][0]])
-        finally:
-            for h in hooks:
-                h.remove()
-        for input_set in stage:
-            hessian = hessians[input_set[0]]
-            prepared = None
-            if hessian.rows:  # one factorization for every linear reading this input
-                prepared = prepare_hessian(hessian.value(), desc_act=options["desc_act"],
-                                           damp_percent=options["damp_percent"],
-                                           name=f"layers.{index}.{input_set[0]}",
-                                           act_group_aware=options.get("act_group_aware", False),
-                                           group_size=group_size)
-            for name in input_set:
-                module = layer.get_submodule(name)
-                bias = None if module.bias is None else module.bias.detach()
-                start = time.perf_counter()
-                weight = linear_weight(module).detach()
-                if hessian.rows == 0:  # never reached by the calibration data: nothing to weight the error by
-                    warnings.warn(f"layers.{index}.{name}: not reached by the calibration data; quantized with "
-                                  "round-to-nearest", RuntimeWarning, stacklevel=3)
-                    if method == "gptqt":  # the same binary coding, fitted without feedback or weighting
-                        qw = quantize_weight_gptqt(weight, torch.eye(weight.shape[1], device=weight.device),
-                                                   group_size=group_size, **{**options, "desc_act": False,
-                                                                             "damp_percent": 0.0})
-                    else:
-                        qw = quantize_rtn(weight.float(), bits, group_size, options["sym"], options["scale_dtype"])
-                    rows.append(LayerReport(index, name, "rtn", None, None, time.perf_counter() - start))
-                else:
-                    quantize = quantize_weight_gptqt if method == "gptqt" else quantize_weight
-                    qw = quantize(weight, prepared, group_size=group_size, name=f"layers.{index}.{name}", **options)
-                    rows.append(LayerReport(index, name, method, qw.error, qw.damp_percent,
-                                            time.perf_counter() - start))
-                quantized[name] = (qw, bias)
-                stand_ins[name] = _float_stand_in(module, qw.dequantize(torch.float32))
-                _set_submodule(layer, name, _ReplayedLinear(stand_ins[name], current, budget))
-        del hessians
-    outputs = _run_layer(layer, samples, current)
+    replayed_children: Dict[str, nn.Module] = {}  # parts of the layer whose linears are all quantized
+    try:
+        for number, stage in enumerate(stages):
+            _gptq_stage(layer, index, samples, stage, method, bits, group_size, options, current, budget,
+                        quantized, rows, stand_ins)
+            if number + 1 < len(stages):  # a later pass replays them
+                _replay_finished_children(layer, names, quantized, replayed_children, current, budget)
+        outputs = _run_layer(layer, samples, current)
+    finally:
+        for child_name, child in replayed_children.items():
+            setattr(layer, child_name, child)
     for name, stand_in in stand_ins.items():  # the caller replaces the stand-ins by quantized modules
         _set_submodule(layer, name, stand_in)
     return quantized, rows, [(out, kwargs) for out, (_, kwargs) in zip(outputs, samples)]
+
+
+def _replay_finished_children(layer, names, quantized, replayed, current, budget) -> None:
+    """Wraps each direct child of the layer whose quantizable linears are all quantized (the attention once its
+    output projection is) in _Replayed, so that later passes skip it whole (attention scores included)."""
+    for child_name, child in layer.named_children():
+        if child_name in replayed or is_linear(child) or isinstance(child, _Replayed):
+            continue
+        inside = [n for n in names if n.startswith(child_name + ".")]
+        if inside and all(n in quantized for n in inside):
+            replayed[child_name] = child
+            setattr(layer, child_name, _Replayed(child, current, budget))
+
+
+def _gptq_stage(layer, index, samples, stage, method, bits, group_size, options, current, budget, quantized,
+                rows, stand_ins) -> None:
+    """Collects the Hessians of one stage's input sets in one pass, quantizes their linears and puts replayed
+    float stand-ins of the quantized weights in their place."""
+    modules = {s[0]: layer.get_submodule(s[0]) for s in stage}
+    hessians = {n: _Hessian(linear_weight(m).shape[1], linear_weight(m).device) for n, m in modules.items()}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: hessians[n].add(args[0]))
+             for n, m in modules.items()]
+    # The forward can stop when the stage's last input has been seen (later parts do not change the Hessians).
+    try:
+        _run_layer(layer, samples, current, stop_before=modules[stage[-1][0]])
+    finally:
+        for h in hooks:
+            h.remove()
+    for input_set in stage:
+        hessian = hessians[input_set[0]]
+        prepared = None
+        if hessian.rows:  # one factorization for every linear reading this input
+            prepared = prepare_hessian(hessian.value(), desc_act=options["desc_act"],
+                                       damp_percent=options["damp_percent"],
+                                       name=f"layers.{index}.{input_set[0]}",
+                                       act_group_aware=options.get("act_group_aware", False),
+                                       group_size=group_size)
+        for name in input_set:
+            module = layer.get_submodule(name)
+            bias = None if module.bias is None else module.bias.detach()
+            start = time.perf_counter()
+            weight = linear_weight(module).detach()
+            if hessian.rows == 0:  # never reached by the calibration data: nothing to weight the error by
+                warnings.warn(f"layers.{index}.{name}: not reached by the calibration data; quantized with "
+                              "round-to-nearest", RuntimeWarning, stacklevel=3)
+                if method == "gptqt":  # the same binary coding, fitted without feedback or weighting
+                    qw = quantize_weight_gptqt(weight, torch.eye(weight.shape[1], device=weight.device),
+                                               group_size=group_size, **{**options, "desc_act": False,
+                                                                         "damp_percent": 0.0})
+                else:
+                    qw = quantize_rtn(weight.float(), bits, group_size, options["sym"], options["scale_dtype"])
+                rows.append(LayerReport(index, name, "rtn", None, None, time.perf_counter() - start))
+            else:
+                quantize = quantize_weight_gptqt if method == "gptqt" else quantize_weight
+                qw = quantize(weight, prepared, group_size=group_size, name=f"layers.{index}.{name}", **options)
+                rows.append(LayerReport(index, name, method, qw.error, qw.damp_percent,
+                                        time.perf_counter() - start))
+            quantized[name] = (qw, bias)
+            stand_ins[name] = _float_stand_in(module, qw.dequantize(torch.float32))
+            _set_submodule(layer, name, _Replayed(stand_ins[name], current, budget))
 
 
 def _rtn_layer(layer, index, bits, group_size, sym, scale_dtype):

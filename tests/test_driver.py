@@ -104,6 +104,48 @@ def test_each_quantized_linear_computes_once_per_sample(monkeypatch):
     assert calls[0] == layers * (7 + 7 * n)
 
 
+def test_finished_attention_is_replayed_whole(monkeypatch):
+    # Once its output projection is quantized, a layer's attention (scores and all) runs once per sample; the
+    # passes for the MLP's groups and the final pass replay its output.
+    n, layers = 4, 2
+    model = tiny_llama()
+    completed = [0] * layers
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.register_forward_hook(lambda module, args, out, i=i: completed.__setitem__(i, completed[i] + 1))
+    gk.quantize_model(model, calibration(n=n), bits=4, group_size=32, progress=False)
+    # One whole forward of the first sample finds the order of the linears; then the gate/up pass runs the
+    # attention to its end for each sample (the q/k/v and o passes stop inside it; recomputing would add the
+    # down pass and the final pass: 1 + 3n).
+    assert completed == [1 + n] * layers
+    assert all(type(layer.self_attn).__name__ == "LlamaAttention" for layer in model.model.layers)
+
+
+def test_replayed_module_recomputes_an_output_changed_in_place():
+    class Pair(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x, *, scale):
+            Pair.calls += 1
+            return x * scale, None
+
+    current = driver._Pass()
+    budget = [1 << 20]
+    replayed = driver._Replayed(Pair(), current, budget)
+    x = torch.randn(3, 8)
+    current.key = (1, 0)
+    first, _ = replayed(x, scale=2.0)
+    current.key = (2, 0)
+    again, _ = replayed(x, scale=2.0)
+    assert again is first and Pair.calls == 1 and budget[0] == (1 << 20) - first.numel() * 4
+    again.mul_(0.5)  # a consumer changed the replayed output in place: the next pass recomputes it
+    current.key = (3, 0)
+    recomputed, _ = replayed(x, scale=2.0)
+    assert Pair.calls == 2 and torch.equal(recomputed, x * 2.0)
+    current.key = (3, 1)  # another sample: computed, not replayed
+    other, _ = replayed(torch.ones(3, 8), scale=2.0)
+    assert Pair.calls == 3 and torch.equal(other, torch.full((3, 8), 2.0))
+
+
 def _scale_up_proj_in_place(mlp):
     def forward(x):
         up = mlp.up_proj(x)
