@@ -317,8 +317,8 @@ class _StandInLinear(nn.Linear):
 def _float_stand_in(module: nn.Module, weight: torch.Tensor) -> nn.Linear:
     """An nn.Linear computing with the dequantized weight: the layer's later groups see the quantized output."""
     old = linear_weight(module)
-    linear = _StandInLinear(weight.shape[1], weight.shape[0], bias=module.bias is not None, dtype=old.dtype,
-                            device=old.device)
+    linear = nn.utils.skip_init(_StandInLinear, weight.shape[1], weight.shape[0], bias=module.bias is not None,
+                                dtype=old.dtype, device=old.device)  # no random init: both are overwritten
     with torch.no_grad():
         linear.weight.copy_(weight)
         if module.bias is not None:

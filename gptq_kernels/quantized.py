@@ -67,11 +67,16 @@ class QuantizedWeight:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight [N, K] (nn.Linear convention) these tensors encode."""
-        if dtype == self.scales.dtype and ops.has_kernel(self.qweight.device.type, "dequantize"):
-            return ops.dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits,
-                                  self.group_size).t()
-        return reference.dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits,
-                                    self.group_size, dtype=dtype).t()
+        # scale * (q - zero) is exact in float32 (a 16-bit float scale times an integer below 256), so every
+        # narrower dtype gets it rounded once; float64 is computed in float64.
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        if compute == torch.float32 and ops.has_kernel(self.qweight.device.type, "dequantize"):
+            w = ops.dequantize(self.qweight, self.qzeros, self.scales.float(), self.g_idx, self.bits,
+                               self.group_size)
+        else:
+            w = reference.dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits,
+                                     self.group_size, dtype=compute)
+        return w.to(dtype).t()
 
     def tensors(self) -> Dict[str, torch.Tensor]:
         """The checkpoint tensors, named as in a GPTQ state dict."""

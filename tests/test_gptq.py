@@ -520,3 +520,26 @@ def test_inputs_are_left_untouched(options):
     h_before, w_before = h.clone(), w.clone()
     quantize_weight(w, h, bits=4, group_size=32, **options)
     assert torch.equal(h, h_before) and torch.equal(w, w_before)
+
+
+@pytest.mark.parametrize("route", ["op", "reference"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_quantized_weight_dequantizes_exactly_in_every_dtype(monkeypatch, route, bits, dtype):
+    # scale * (q - zero) of fp16 scales and small integers is exact in float64: every dtype's result must be that
+    # value rounded once (float32 is what the driver's stand-ins compute with, on any route).
+    from gptq_kernels.quantized import QuantizedWeight
+
+    if route == "reference":
+        monkeypatch.setattr(ops, "has_kernel", lambda device_type, op: False)
+    rows, columns, group_size = 96, 576, 128  # a partial last group
+    groups = math.ceil(columns / group_size)
+    q = torch.randint(0, 1 << bits, (rows, columns), dtype=torch.int32)
+    zero = torch.randint(1, 1 << bits, (rows, groups)).float()
+    scale = torch.rand(rows, groups) * 0.1 + 1e-3
+    g_idx = torch.randint(0, groups, (columns,), dtype=torch.int32)  # act-order-like
+    packed = QuantizedWeight.from_integers(q, scale, zero, g_idx, bits, group_size, sym=False,
+                                           scale_dtype=torch.float16)
+    s = packed.scales.double().t()[:, g_idx.long()]
+    expected = s * (q.double() - zero.double()[:, g_idx.long()])
+    assert torch.equal(packed.dequantize(dtype), expected.to(dtype))
