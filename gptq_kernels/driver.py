@@ -278,13 +278,11 @@ class _Replayed(nn.Module):
             self._key, self._calls = self._current.key, 0
         key = (self._current.key[1], self._calls)
         self._calls += 1
-        inputs = _tensors((args, kwargs))
         saved = self._outputs.get(key)
         if saved is not None:
             out, versions, size = saved
-            tensors = _tensors(out)
-            if ([t._version for t in tensors] == versions and inputs and tensors
-                    and tensors[0].shape[:-1] == inputs[0].shape[:-1]):
+            tensors, inputs = _tensors(out), _tensors((args, kwargs))  # only outputs with tensors are kept
+            if [t._version for t in tensors] == versions and inputs and tensors[0].shape[:-1] == inputs[0].shape[:-1]:
                 return out
             del self._outputs[key]
             self._budget[0] += size
@@ -541,7 +539,7 @@ def _replay_finished_children(layer, names, quantized, replayed, current, budget
     """Wraps each direct child of the layer whose quantizable linears are all quantized (the attention once its
     output projection is) in _Replayed, so that later passes skip it whole (attention scores included)."""
     for child_name, child in layer.named_children():
-        if child_name in replayed or is_linear(child) or isinstance(child, _Replayed):
+        if is_linear(child) or isinstance(child, _Replayed):  # linears are wrapped one by one
             continue
         inside = [n for n in names if n.startswith(child_name + ".")]
         if inside and all(n in quantized for n in inside):
@@ -579,7 +577,7 @@ def _gptq_stage(layer, index, samples, stage, method, bits, group_size, options,
             weight = linear_weight(module).detach()
             if hessian.rows == 0:  # never reached by the calibration data: nothing to weight the error by
                 warnings.warn(f"layers.{index}.{name}: not reached by the calibration data; quantized with "
-                              "round-to-nearest", RuntimeWarning, stacklevel=3)
+                              "round-to-nearest", RuntimeWarning, stacklevel=4)
                 if method == "gptqt":  # the same binary coding, fitted without feedback or weighting
                     qw = quantize_weight_gptqt(weight, torch.eye(weight.shape[1], device=weight.device),
                                                group_size=group_size, **{**options, "desc_act": False,

@@ -71,8 +71,9 @@ class QuantizedWeight:
         # narrower dtype gets it rounded once; float64 is computed in float64.
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         if compute == torch.float32 and ops.has_kernel(self.qweight.device.type, "dequantize"):
-            w = ops.dequantize(self.qweight, self.qzeros, self.scales.float(), self.g_idx, self.bits,
-                               self.group_size)
+            # The op computes in float32 and rounds once to its scales' dtype: float32 scales unless that is dtype.
+            scales = self.scales if dtype == self.scales.dtype else self.scales.float()
+            w = ops.dequantize(self.qweight, self.qzeros, scales, self.g_idx, self.bits, self.group_size)
         else:
             w = reference.dequantize(self.qweight, self.qzeros, self.scales, self.g_idx, self.bits,
                                      self.group_size, dtype=compute)

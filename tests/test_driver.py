@@ -104,7 +104,7 @@ def test_each_quantized_linear_computes_once_per_sample(monkeypatch):
     assert calls[0] == layers * (7 + 7 * n)
 
 
-def test_finished_attention_is_replayed_whole(monkeypatch):
+def test_finished_attention_is_replayed_whole():
     # Once its output projection is quantized, a layer's attention (scores and all) runs once per sample; the
     # passes for the MLP's groups and the final pass replay its output.
     n, layers = 4, 2
