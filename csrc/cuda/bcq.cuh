@@ -40,7 +40,7 @@ constexpr int kBcqTableEntries = 16;
 constexpr int kBcqStageFloats = kBcqStageBlocks * kBcqTablesPerBlock * kBcqTableEntries;  // 8 KB per row
 constexpr int kBcqMaxRowsPerCta = 4;                  // rows sharing one load of the planes: 32 KB of tables
 
-// Arguments of the lookup-table kernel, filled once in bcq_ops.cu.
+// Arguments of the lookup-table kernel, filled once per call in bcq_ops.cu.
 struct BcqGemvParams {
   const void* x;             // [m, k] of the activation type, rows ldx apart, unit stride along k
   int64_t ldx;
@@ -64,6 +64,25 @@ struct BcqGemvParams {
 // launch.
 template <int PLANES>
 void launch_bcq_gemv(const BcqGemvParams& p, FloatType x_type, int rows_per_cta, dim3 grid, cudaStream_t stream);
+
+// Rows the lookup-table kernel takes (two row tiles of 4 from 5 rows on; their CTAs re-read the same plane words
+// at about the same time, mostly from L2). Above it the tables would be rebuilt for every 4 rows and every column
+// tile, and dequantize + cuBLAS wins. To be tuned with benchmarks/bench_cuda.py on a GPU.
+constexpr int64_t kBcqGemvMaxRows = 8;
+// How bcq_gemm runs the lookup-table kernel for one call: rows per CTA, grid and K split, a pure function of the
+// shapes and the GPU's SM count (never of tensor values), like the uniform gemm's plan (gemm_plan.cuh).
+struct BcqGemvPlan {
+  int rows_per_cta;        // 1, 2 or 4
+  dim3 grid;               // [row tiles, column tiles, K splits]
+  int64_t splits;          // grid.z; above 1 the kernel writes fp32 partial sums to a workspace
+  int64_t blocks_per_cta;  // BcqGemvParams::blocks_per_cta
+};
+BcqGemvPlan plan_bcq_gemv(int64_t m, int64_t k, int64_t n, int64_t sms);  // bcq_fused.cu
+
+// Launches the lookup-table kernel (2 or 3 planes) and, when K is split, the reduction of its partial sums into
+// p.y; p.workspace must then hold plan.splits * m * n floats. Returns the first launch error.
+cudaError_t launch_bcq_fused(const BcqGemvPlan& plan, int planes, const BcqGemvParams& p, FloatType x_type,
+                             cudaStream_t stream);
 
 struct BcqDequantParams {
   const uint32_t* qplanes;  // [planes, k / 32, n]

@@ -57,13 +57,13 @@ void launch_bcq_dequantize(const BcqDequantParams& p, FloatType out_type, void* 
                   static_cast<unsigned>(kblocks < kBcqDequantMaxGridBlocks ? kblocks : kBcqDequantMaxGridBlocks));
   switch (out_type) {
     case FloatType::kHalf:
-      bcq_dequantize_kernel<__half><<<grid, kBcqDequantThreads, 0, stream>>>(p, static_cast<__half*>(out));
+      GPTQ_LAUNCH(grid, kBcqDequantThreads, 0, stream, bcq_dequantize_kernel<__half>)(p, static_cast<__half*>(out));
       break;
     case FloatType::kBFloat16:
-      bcq_dequantize_kernel<__nv_bfloat16><<<grid, kBcqDequantThreads, 0, stream>>>(p, static_cast<__nv_bfloat16*>(out));
+      GPTQ_LAUNCH(grid, kBcqDequantThreads, 0, stream, bcq_dequantize_kernel<__nv_bfloat16>)(p, static_cast<__nv_bfloat16*>(out));
       break;
     default:
-      bcq_dequantize_kernel<float><<<grid, kBcqDequantThreads, 0, stream>>>(p, static_cast<float*>(out));
+      GPTQ_LAUNCH(grid, kBcqDequantThreads, 0, stream, bcq_dequantize_kernel<float>)(p, static_cast<float*>(out));
   }
 }
 

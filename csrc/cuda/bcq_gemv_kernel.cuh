@@ -177,9 +177,9 @@ template <typename T, int PLANES>
 void launch_bcq_gemv_typed(const BcqGemvParams& p, int rows_per_cta, dim3 grid, cudaStream_t stream) {
   const dim3 block(kBcqThreads);
   switch (rows_per_cta) {
-    case 1: bcq_gemv_kernel<T, PLANES, 1><<<grid, block, 0, stream>>>(p); break;
-    case 2: bcq_gemv_kernel<T, PLANES, 2><<<grid, block, 0, stream>>>(p); break;
-    default: bcq_gemv_kernel<T, PLANES, 4><<<grid, block, 0, stream>>>(p); break;
+    case 1: GPTQ_LAUNCH(grid, block, 0, stream, bcq_gemv_kernel<T, PLANES, 1>)(p); break;
+    case 2: GPTQ_LAUNCH(grid, block, 0, stream, bcq_gemv_kernel<T, PLANES, 2>)(p); break;
+    default: GPTQ_LAUNCH(grid, block, 0, stream, bcq_gemv_kernel<T, PLANES, 4>)(p); break;
   }
 }
 

@@ -9,8 +9,28 @@
 
 #include "core/bitpack.h"
 
+// Kernel launches are written GPTQ_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...) rather than with
+// <<< >>>, so that the same sources also compile as plain C++ on top of the CPU emulator in tests/emulation
+// (GPTQ_KERNELS_EMULATION), which runs every kernel thread as a fiber to test the kernels without a GPU.
+#ifdef GPTQ_KERNELS_EMULATION
+#define GPTQ_LAUNCH(grid, block, shared_bytes, stream, ...) \
+  ((void)(stream), ::gptq_emulation::launch(grid, block, shared_bytes, __VA_ARGS__))
+#else
+#define GPTQ_LAUNCH(grid, block, shared_bytes, stream, ...) __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
+#endif
+
 namespace gptq_kernels {
 namespace cuda {
+
+// The CTA's dynamic shared memory (the size given at launch), 16-byte aligned.
+__device__ __forceinline__ unsigned char* dynamic_shared_memory() {
+#ifdef GPTQ_KERNELS_EMULATION
+  return ::gptq_emulation::dynamic_shared_memory();
+#else
+  extern __shared__ __align__(16) unsigned char dynamic_shared[];
+  return dynamic_shared;
+#endif
+}
 
 // The element type of a tensor the kernels only read a few values of (scales, bias): a run-time switch that
 // is uniform across the grid costs less than multiplying the template instantiations by three.
@@ -27,7 +47,7 @@ __device__ __forceinline__ float load_float(const void* p, int64_t i, FloatType 
 // Activation types the fused kernels are built for; fp32 activations take the dequantize + cuBLAS path.
 enum class ActType : int { kHalf, kBFloat16 };
 
-// Arguments of both fused kernels (gemv_kernel.cuh, gemm_mma_kernel.cuh), filled once in gemm.cu.
+// Arguments of both fused kernels (gemv_kernel.cuh, gemm_mma_kernel.cuh), filled once per call in gemm.cu.
 struct FusedGemmParams {
   const void* x;             // [m, k] of the activation type, rows ldx apart, unit stride along k
                              // (the tensor-core kernel also needs ldx a multiple of 8)

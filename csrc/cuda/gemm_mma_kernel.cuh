@@ -7,16 +7,22 @@ namespace gptq_kernels {
 namespace cuda {
 
 // 16-byte asynchronous copy global -> shared; with valid == false it reads nothing and writes 16 zero bytes.
+// Under GPTQ_KERNELS_EMULATION these three go to the CPU emulator (tests/emulation), which can land each copy
+// as late as the wait allows, so a read of a stage before its wait shows up as a wrong result.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int src_bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+#elif defined(GPTQ_KERNELS_EMULATION)
+  ::gptq_emulation::cp_async(smem, gmem, 16, valid ? 16 : 0);
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
+#elif defined(GPTQ_KERNELS_EMULATION)
+  ::gptq_emulation::cp_async_commit_group();
 #endif
 }
 // Waits until at most N of this thread's most recent copy groups are still in flight.
@@ -24,6 +30,8 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#elif defined(GPTQ_KERNELS_EMULATION)
+  ::gptq_emulation::cp_async_wait_group(N);
 #endif
 }
 
@@ -42,6 +50,8 @@ struct MmaOps<__half> {
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(GPTQ_KERNELS_EMULATION)
+    ::gptq_emulation::mma_m16n8k16(::gptq_emulation::MmaType::kHalf, d, a, b0, b1);
 #endif
   }
   static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
@@ -57,6 +67,8 @@ struct MmaOps<__nv_bfloat16> {
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(GPTQ_KERNELS_EMULATION)
+    ::gptq_emulation::mma_m16n8k16(::gptq_emulation::MmaType::kBFloat16, d, a, b0, b1);
 #endif
   }
   static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
@@ -77,8 +89,8 @@ __global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const FusedGemmPa
   static_assert(kMmaThreads == kMmaTileBlocks * kMmaColumns, "one thread dequantizes one block of one column");
   static_assert(kMmaWarps * 16 == kMmaColumns, "each warp owns 16 columns (two n8 tiles)");
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* xs = reinterpret_cast<T*>(smem_raw);                                      // [stages][BM][72]
+  unsigned char* smem_raw = dynamic_shared_memory();
+  T* xs = reinterpret_cast<T*>(smem_raw);                                     // [stages][BM][72]
   uint32_t* ws = reinterpret_cast<uint32_t*>(xs + kMmaStages * kXStageElems);  // [stages][2 * BITS][64]
   T* bs = reinterpret_cast<T*>(ws + kMmaStages * kWStageWords);                // W^T tile [64 columns][72]
 
@@ -255,7 +267,7 @@ cudaError_t launch_mma_typed(const FusedGemmParams& p, dim3 grid, cudaStream_t s
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (error != cudaSuccess) return error;
   }
-  kernel<<<grid, kMmaThreads, smem, stream>>>(p);
+  GPTQ_LAUNCH(grid, kMmaThreads, smem, stream, kernel)(p);
   return cudaSuccess;
 }
 

@@ -1,4 +1,4 @@
-// The small-batch CUDA kernel: y = x @ W^T (+ bias) for a few rows of x (up to 8 per CTA; gemm.cu sends it up
+// The small-batch CUDA kernel: y = x @ W^T (+ bias) for a few rows of x (up to 8 per CTA; plan_gemm sends it up
 // to 8 rows, or up to 32 in row tiles of 8 when the tensor-core kernel is off), read straight from the
 // packed weights. At these batch sizes the product is bound by the bytes of qweight, so everything serves
 // one goal: stream qweight once, in wide coalesced loads, with many loads in flight.

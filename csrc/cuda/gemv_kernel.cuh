@@ -174,10 +174,10 @@ template <typename T, int BITS>
 void launch_gemv_typed(const FusedGemmParams& p, int rows_per_cta, dim3 grid, cudaStream_t stream) {
   const dim3 block(kGemvThreads);
   switch (rows_per_cta) {
-    case 1: gemv_kernel<T, BITS, 1><<<grid, block, 0, stream>>>(p); break;
-    case 2: gemv_kernel<T, BITS, 2><<<grid, block, 0, stream>>>(p); break;
-    case 4: gemv_kernel<T, BITS, 4><<<grid, block, 0, stream>>>(p); break;
-    default: gemv_kernel<T, BITS, 8><<<grid, block, 0, stream>>>(p); break;
+    case 1: GPTQ_LAUNCH(grid, block, 0, stream, gemv_kernel<T, BITS, 1>)(p); break;
+    case 2: GPTQ_LAUNCH(grid, block, 0, stream, gemv_kernel<T, BITS, 2>)(p); break;
+    case 4: GPTQ_LAUNCH(grid, block, 0, stream, gemv_kernel<T, BITS, 4>)(p); break;
+    default: GPTQ_LAUNCH(grid, block, 0, stream, gemv_kernel<T, BITS, 8>)(p); break;
   }
 }
 

@@ -94,13 +94,13 @@ void launch_dequantize_bits(const DequantParams& p, FloatType out_type, void* ou
   const dim3 grid = layout_grid(p.k, p.n);
   switch (out_type) {
     case FloatType::kHalf:
-      dequantize_kernel<BITS><<<grid, kLayoutThreads, 0, stream>>>(p, static_cast<__half*>(out));
+      GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, dequantize_kernel<BITS, __half>)(p, static_cast<__half*>(out));
       break;
     case FloatType::kBFloat16:
-      dequantize_kernel<BITS><<<grid, kLayoutThreads, 0, stream>>>(p, static_cast<__nv_bfloat16*>(out));
+      GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, dequantize_kernel<BITS, __nv_bfloat16>)(p, static_cast<__nv_bfloat16*>(out));
       break;
     default:
-      dequantize_kernel<BITS><<<grid, kLayoutThreads, 0, stream>>>(p, static_cast<float*>(out));
+      GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, dequantize_kernel<BITS, float>)(p, static_cast<float*>(out));
   }
 }
 
@@ -118,20 +118,20 @@ void launch_dequantize(const DequantParams& p, int bits, FloatType out_type, voi
 void launch_pack(const int32_t* values, uint32_t* packed, int64_t k, int64_t n, int bits, cudaStream_t stream) {
   const dim3 grid = layout_grid(k, n);
   switch (bits) {
-    case 2: pack_kernel<2><<<grid, kLayoutThreads, 0, stream>>>(values, packed, k, n); break;
-    case 3: pack_kernel<3><<<grid, kLayoutThreads, 0, stream>>>(values, packed, k, n); break;
-    case 4: pack_kernel<4><<<grid, kLayoutThreads, 0, stream>>>(values, packed, k, n); break;
-    default: pack_kernel<8><<<grid, kLayoutThreads, 0, stream>>>(values, packed, k, n);
+    case 2: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, pack_kernel<2>)(values, packed, k, n); break;
+    case 3: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, pack_kernel<3>)(values, packed, k, n); break;
+    case 4: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, pack_kernel<4>)(values, packed, k, n); break;
+    default: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, pack_kernel<8>)(values, packed, k, n);
   }
 }
 
 void launch_unpack(const uint32_t* packed, int32_t* values, int64_t k, int64_t n, int bits, cudaStream_t stream) {
   const dim3 grid = layout_grid(k, n);
   switch (bits) {
-    case 2: unpack_kernel<2><<<grid, kLayoutThreads, 0, stream>>>(packed, values, k, n); break;
-    case 3: unpack_kernel<3><<<grid, kLayoutThreads, 0, stream>>>(packed, values, k, n); break;
-    case 4: unpack_kernel<4><<<grid, kLayoutThreads, 0, stream>>>(packed, values, k, n); break;
-    default: unpack_kernel<8><<<grid, kLayoutThreads, 0, stream>>>(packed, values, k, n);
+    case 2: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, unpack_kernel<2>)(packed, values, k, n); break;
+    case 3: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, unpack_kernel<3>)(packed, values, k, n); break;
+    case 4: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, unpack_kernel<4>)(packed, values, k, n); break;
+    default: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, unpack_kernel<8>)(packed, values, k, n);
   }
 }
 
@@ -139,10 +139,10 @@ void launch_permute_rows(const uint32_t* packed, const int64_t* perm, uint32_t* 
                          cudaStream_t stream) {
   const dim3 grid = layout_grid(k, n);
   switch (bits) {
-    case 2: permute_rows_kernel<2><<<grid, kLayoutThreads, 0, stream>>>(packed, perm, out, k, n); break;
-    case 3: permute_rows_kernel<3><<<grid, kLayoutThreads, 0, stream>>>(packed, perm, out, k, n); break;
-    case 4: permute_rows_kernel<4><<<grid, kLayoutThreads, 0, stream>>>(packed, perm, out, k, n); break;
-    default: permute_rows_kernel<8><<<grid, kLayoutThreads, 0, stream>>>(packed, perm, out, k, n);
+    case 2: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, permute_rows_kernel<2>)(packed, perm, out, k, n); break;
+    case 3: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, permute_rows_kernel<3>)(packed, perm, out, k, n); break;
+    case 4: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, permute_rows_kernel<4>)(packed, perm, out, k, n); break;
+    default: GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, permute_rows_kernel<8>)(packed, perm, out, k, n);
   }
 }
 

@@ -1,0 +1,85 @@
+// The lookup-table path of the CUDA bcq_gemm (bcq.cuh): its plan (row tiles, K split) and its launches.
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/bcq.cuh"
+
+namespace gptq_kernels {
+namespace cuda {
+namespace {
+
+// Split-K aims for this many CTAs per SM (4 warps each, ~100-128 bytes of plane words in flight per thread),
+// and gives each CTA at least one stage of K, so that building its tables stays small next to the lookups.
+constexpr int64_t kBcqCtasPerSm = 4;
+constexpr int64_t kBcqMinBlocksPerCta = kBcqStageBlocks;
+// Cap on the fp32 split-K partial sums [splits, M, N]: small enough to stay in L2 between the two kernels.
+constexpr int64_t kBcqMaxWorkspaceBytes = int64_t{8} << 20;
+constexpr int kBcqReduceThreads = 256;
+
+// y[i] = sum over splits of workspace[s, i] (+ bias), in a fixed order: the result does not depend on timing.
+// (The uniform gemm has the same kernel for fp16/bf16 in gemm_fused.cu; this one also writes fp32.)
+template <typename T>
+__global__ void __launch_bounds__(kBcqReduceThreads)
+    bcq_splitk_reduce_kernel(const float* __restrict__ workspace, int splits, int64_t mn, int64_t n,
+                             const void* bias, FloatType bias_type, T* __restrict__ y) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBcqReduceThreads + threadIdx.x; i < mn;
+       i += static_cast<int64_t>(gridDim.x) * kBcqReduceThreads) {
+    float v = 0.f;
+    for (int s = 0; s < splits; ++s) v += workspace[s * mn + i];
+    if (bias != nullptr) v += load_float(bias, i % n, bias_type);
+    y[i] = FloatConvert<T>::from_float(v);
+  }
+}
+
+}  // namespace
+
+BcqGemvPlan plan_bcq_gemv(int64_t m, int64_t k, int64_t n, int64_t sms) {
+  BcqGemvPlan plan{};
+  plan.rows_per_cta = m <= 1 ? 1 : m <= 2 ? 2 : kBcqMaxRowsPerCta;
+  const int64_t row_tiles = (m + plan.rows_per_cta - 1) / plan.rows_per_cta;
+  const int64_t col_tiles = (n + kBcqColumns - 1) / kBcqColumns;
+  const int64_t kblocks = k / core::kBlockValues;
+  // Split K until the grid has about kBcqCtasPerSm CTAs per SM, within the limits above; whole stages per CTA,
+  // and no CTA without work.
+  int64_t splits = std::max<int64_t>(1, (sms * kBcqCtasPerSm + row_tiles * col_tiles - 1) / (row_tiles * col_tiles));
+  splits = std::min(splits, std::max<int64_t>(1, kblocks / kBcqMinBlocksPerCta));
+  splits = std::min(splits, std::max<int64_t>(1, kBcqMaxWorkspaceBytes / (m * n * 4)));
+  int64_t blocks_per_cta = (kblocks + splits - 1) / splits;
+  blocks_per_cta = (blocks_per_cta + kBcqStageBlocks - 1) / kBcqStageBlocks * kBcqStageBlocks;
+  plan.blocks_per_cta = blocks_per_cta;
+  plan.splits = (kblocks + blocks_per_cta - 1) / blocks_per_cta;
+  plan.grid = dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles), static_cast<unsigned>(plan.splits));
+  return plan;
+}
+
+cudaError_t launch_bcq_fused(const BcqGemvPlan& plan, int planes, const BcqGemvParams& p, FloatType x_type,
+                             cudaStream_t stream) {
+  if (planes == 2) {
+    launch_bcq_gemv<2>(p, x_type, plan.rows_per_cta, plan.grid, stream);
+  } else {
+    launch_bcq_gemv<3>(p, x_type, plan.rows_per_cta, plan.grid, stream);
+  }
+  cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess || plan.splits == 1) return error;
+  const int64_t mn = static_cast<int64_t>(p.m) * p.n;
+  // A grid-stride loop: a few CTAs per SM's worth is plenty for an element-wise sum that sits in L2.
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((mn + kBcqReduceThreads - 1) / kBcqReduceThreads, 1024));
+  const int s = static_cast<int>(plan.splits);
+  switch (x_type) {
+    case FloatType::kHalf:
+      GPTQ_LAUNCH(blocks, kBcqReduceThreads, 0, stream, bcq_splitk_reduce_kernel<__half>)(
+          p.workspace, s, mn, p.n, p.bias, p.bias_type, static_cast<__half*>(p.y));
+      break;
+    case FloatType::kBFloat16:
+      GPTQ_LAUNCH(blocks, kBcqReduceThreads, 0, stream, bcq_splitk_reduce_kernel<__nv_bfloat16>)(
+          p.workspace, s, mn, p.n, p.bias, p.bias_type, static_cast<__nv_bfloat16*>(p.y));
+      break;
+    default:
+      GPTQ_LAUNCH(blocks, kBcqReduceThreads, 0, stream, bcq_splitk_reduce_kernel<float>)(
+          p.workspace, s, mn, p.n, p.bias, p.bias_type, static_cast<float*>(p.y));
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace gptq_kernels

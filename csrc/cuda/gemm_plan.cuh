@@ -1,0 +1,47 @@
+// How the CUDA `gemm` computes y = x @ W^T for one call: which kernel, its grid and its split of K. The plan is a
+// pure function of shapes, dtypes, alignment and the GPU's SM count, never of tensor values, so the op needs no
+// host synchronisation and can be captured in a CUDA graph. Free of ATen: the CPU emulator in tests/emulation
+// runs the same plans through the same launchers (gemm_fused.cu) as the op in gemm.cu.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/common.cuh"
+
+namespace gptq_kernels {
+namespace cuda {
+
+enum class GemmPath {
+  kGemv,                // up to 8 rows (32 without the tensor-core kernel): gemv_kernel.cuh
+  kMma,                 // up to 256 rows: the tensor-core kernel, gemm_mma_kernel.cuh
+  kDequantizeThenGemm,  // everything else: W^T dequantized to x's dtype, then one cuBLAS GEMM (gemm.cu)
+};
+
+struct GemmProblem {
+  int64_t m, k, n;
+  bool half_activations;  // x is fp16 or bf16 (fp32 x always takes the general path)
+  bool weight_aligned;    // qweight's base is 16-byte aligned
+  bool x_aligned;         // x's base is 16-byte aligned and its row stride a multiple of 8 elements
+  bool mma_available;     // sm_80 or later and not switched off with GPTQ_KERNELS_NO_MMA
+  int64_t sms;            // streaming multiprocessors of the GPU
+};
+
+struct GemmPlan {
+  GemmPath path;
+  int rows_per_cta;        // kGemv: 1, 2, 4 or 8
+  int mma_tiles;           // kMma: 16-row mma tiles per CTA, 1, 2 or 4
+  dim3 grid;               // [row tiles, column tiles, K splits]
+  int64_t splits;          // grid.z; above 1 the fused kernel writes fp32 partial sums to a workspace
+  int64_t blocks_per_cta;  // 32-row blocks of K per CTA (FusedGemmParams::blocks_per_cta)
+};
+
+GemmPlan plan_gemm(const GemmProblem& problem);
+
+// Launches the plan's fused kernel and, when K is split, the reduction of its partial sums into p.y. p.workspace
+// must then hold plan.splits * m * n floats. Returns the first launch error (kernels run asynchronously).
+cudaError_t launch_fused_gemm(const GemmPlan& plan, int bits, const FusedGemmParams& p, ActType type,
+                              cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace gptq_kernels

@@ -1,0 +1,64 @@
+// Kernels with deliberate synchronisation bugs (and their fixed forms), run by the harness's "selftest" op so
+// that tests/test_cuda_emulated.py can check the emulator catches each kind of bug it claims to catch.
+#include "cuda/gemm_mma_kernel.cuh"
+
+namespace selftest {
+
+constexpr int kThreads = 128;
+
+// out[t] = the value thread t + 1 wrote to shared memory: correct only with the barrier in between.
+__global__ void neighbour_exchange(int* out, bool barrier) {
+  __shared__ int slots[kThreads];
+  slots[threadIdx.x] = static_cast<int>(threadIdx.x) + 1;
+  if (barrier) __syncthreads();
+  out[threadIdx.x] = slots[(threadIdx.x + 1) % kThreads];
+}
+
+// out[t] = src[t] through an asynchronous copy to shared memory: correct only if the copy is waited for.
+__global__ void async_copy(const float* src, float* out, bool wait) {
+  float* stage = reinterpret_cast<float*>(gptq_kernels::cuda::dynamic_shared_memory());
+  if (threadIdx.x < kThreads / 4) gptq_kernels::cuda::cp_async_16(stage + threadIdx.x * 4, src + threadIdx.x * 4, true);
+  gptq_kernels::cuda::cp_async_commit();
+  if (wait) gptq_kernels::cuda::cp_async_wait<0>();
+  __syncthreads();
+  out[threadIdx.x] = stage[threadIdx.x];
+}
+
+// A full-mask shuffle after lane 5 has returned: hangs or is undefined on a GPU.
+__global__ void shuffle_after_exit(int* out) {
+  if (threadIdx.x % 32 == 5) return;
+  out[threadIdx.x] = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x), 0);
+}
+
+// Reads one element past the end of `src` (n elements) in the last thread.
+__global__ void read_past_end(const int* src, int* out, int n) {
+  out[threadIdx.x] = src[threadIdx.x < static_cast<unsigned>(n) ? threadIdx.x : n];
+}
+
+}  // namespace selftest
+
+// Runs case `name` ("exchange", "exchange_no_barrier", "async_copy", "async_copy_no_wait", "shuffle_after_exit",
+// "read_past_end") and returns its 128 outputs as floats.
+std::vector<float> run_selftest(const std::string& name) {
+  using namespace selftest;
+  std::vector<int> ints(kThreads, -1);
+  std::vector<float> floats(kThreads, -1.f);
+  if (name == "exchange" || name == "exchange_no_barrier") {
+    GPTQ_LAUNCH(1, kThreads, 0, nullptr, neighbour_exchange)(ints.data(), name == "exchange");
+  } else if (name == "async_copy" || name == "async_copy_no_wait") {
+    std::vector<float> src(kThreads);
+    for (int i = 0; i < kThreads; ++i) src[i] = static_cast<float>(i);
+    GPTQ_LAUNCH(1, kThreads, kThreads * sizeof(float), nullptr, async_copy)(src.data(), floats.data(),
+                                                                           name == "async_copy");
+    return floats;
+  } else if (name == "shuffle_after_exit") {
+    GPTQ_LAUNCH(1, kThreads, 0, nullptr, shuffle_after_exit)(ints.data());
+  } else if (name == "read_past_end") {
+    std::unique_ptr<int[]> src(new int[kThreads - 1]());
+    GPTQ_LAUNCH(1, kThreads, 0, nullptr, read_past_end)(src.get(), ints.data(), kThreads - 1);
+  } else {
+    throw std::runtime_error("unknown selftest " + name);
+  }
+  for (int i = 0; i < kThreads; ++i) floats[i] = static_cast<float>(ints[i]);
+  return floats;
+}

@@ -1,0 +1,376 @@
+"""The CUDA kernels, run on the CPU emulator of tests/emulation, against the float64 reference.
+
+The kernel sources (csrc/cuda) are compiled with g++ on top of tests/emulation/cuda_emulator.h, which runs every
+CUDA thread as a fiber and emulates barriers, warp shuffles and votes, cp.async and mma.sync. The harness runs
+each op through the same plan and launchers as the CUDA op, so these tests cover the kernels' index maths,
+pipelines, split-K and edge cases on machines without a GPU; tests/test_cuda.py then checks the real thing on
+one. Built with AddressSanitizer and UBSan where the compiler has them: every access outside a tensor or outside
+shared memory fails the test, as compute-sanitizer's memcheck would on the GPU. The main cases run in two modes:
+warps running ahead of each other first to last with asynchronous copies landing at their wait, and last to first
+with copies landing at issue, so a missing barrier or an early read or refill of a pipeline stage gives a wrong
+result (test_emulator_catches_missing_barriers_and_waits shows each on a small kernel).
+"""
+import concurrent.futures
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from bitstream import expected_weight_t, pack_bitstream, random_layer
+from test_bcq_ops import assert_dequantized_close, random_bcq
+from test_cuda import assert_close_to_reference
+
+from gptq_kernels.gptq import gptq_block_torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EMULATION = ROOT / "tests" / "emulation"
+CUDA_HOME = pathlib.Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+# The kernel sources the harness links: every fused gemm kernel, the layout kernels, the GPTQ column loop and the
+# binary-coded (BCQ) kernels.
+KERNEL_SOURCES = [f"csrc/cuda/gemv_{b}bit.cu" for b in (2, 3, 4, 8)] + \
+                 [f"csrc/cuda/gemm_mma_{b}bit.cu" for b in (2, 3, 4, 8)] + \
+                 ["csrc/cuda/gemm_fused.cu", "csrc/cuda/layout_kernels.cu", "csrc/cuda/gptq_block_kernel.cu",
+                  "csrc/cuda/bcq_fused.cu", "csrc/cuda/bcq_gemv_2planes.cu", "csrc/cuda/bcq_gemv_3planes.cu",
+                  "csrc/cuda/bcq_dequantize.cu"]
+H100_SMS = 132  # the plans the tests run are those of an H100/H200 unless a test says otherwise
+# Emulator modes: (reverse_order, eager_async_copies); see cuda_emulator.h.
+MODES = [(0, 0), (1, 1)]
+TYPE_NAMES = {torch.float16: "half", torch.bfloat16: "bfloat16", torch.float32: "float"}
+
+
+def _compiler():
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None or not (CUDA_HOME / "include" / "cuda_fp16.h").exists():
+        return None
+    return cxx
+
+
+def _sanitizer_flags(cxx, workdir):
+    """-fsanitize=address,undefined when the toolchain can build and run such a program, else nothing."""
+    probe = workdir / "probe.cpp"
+    probe.write_text("int main() { return 0; }\n")
+    flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    built = subprocess.run([cxx, *flags, str(probe), "-o", str(workdir / "probe")], capture_output=True)
+    if built.returncode == 0 and subprocess.run([str(workdir / "probe")], capture_output=True).returncode == 0:
+        return flags
+    return []
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """The emulator harness, built once per source state (cached under build/emulation)."""
+    cxx = _compiler()
+    if cxx is None:
+        pytest.skip("needs g++ and the CUDA headers (CUDA_HOME) to compile the kernels for the emulator")
+    headers = sorted((ROOT / "csrc").rglob("*.h")) + sorted((ROOT / "csrc" / "cuda").glob("*.cuh")) + \
+        sorted(EMULATION.glob("*.h"))
+    sources = [ROOT / s for s in KERNEL_SOURCES] + [EMULATION / "harness.cpp", EMULATION / "selftest_kernels.cu"]
+    digest = hashlib.sha256()
+    for path in headers + sources:
+        digest.update(path.read_bytes())
+    workdir = ROOT / "build" / "emulation" / digest.hexdigest()[:16]
+    binary = workdir / "harness"
+    if binary.exists():
+        return binary
+    workdir.mkdir(parents=True, exist_ok=True)
+    flags = ["-std=c++17", "-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-Wno-unknown-pragmas",
+             *_sanitizer_flags(cxx, workdir),
+             f"-I{ROOT / 'csrc'}", f"-I{CUDA_HOME / 'include'}", "-include", str(EMULATION / "cuda_emulator.h")]
+
+    def compile_one(source):
+        obj = workdir / (source.name + ".o")
+        language = ["-x", "c++"] if source.suffix == ".cu" else []
+        result = subprocess.run([cxx, *flags, *language, "-c", str(source), "-o", str(obj)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, f"compiling {source} for the emulator failed:\n{result.stderr[-4000:]}"
+        return obj
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        objects = list(pool.map(compile_one, sources))
+    link = subprocess.run([cxx, *flags, *map(str, objects), "-o", str(binary) + ".tmp"], capture_output=True, text=True)
+    assert link.returncode == 0, link.stderr[-4000:]
+    (workdir / "flags.txt").write_text(" ".join(flags))
+    os.replace(str(binary) + ".tmp", binary)
+    return binary
+
+
+def _write(path, tensor):
+    t = tensor.contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    t.numpy().tofile(path)
+
+
+def _read(path, dtype, shape):
+    raw = np.fromfile(path, dtype=np.uint8)
+    return torch.from_numpy(raw.copy()).view(dtype).reshape(shape)
+
+
+def run_harness(harness, tmp_path, op, arrays, mode=(0, 0), expect_failure=False, **params):
+    """Runs one op in the emulator; returns the job directory (outputs are JOB/<name>.bin), or the harness's
+    error output when expect_failure is set."""
+    job = tmp_path / f"job{len(list(tmp_path.iterdir()))}"
+    job.mkdir()
+    for name, tensor in arrays.items():
+        if tensor is not None:
+            _write(job / f"{name}.bin", tensor)
+    params = dict(params, op=op, reverse_order=mode[0], eager_async_copies=mode[1])
+    (job / "job.txt").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    result = subprocess.run([str(harness), str(job)], capture_output=True, text=True, env=env, timeout=600)
+    if expect_failure:
+        assert result.returncode != 0, f"emulated {op} was expected to fail ({params})"
+        return result.stderr
+    assert result.returncode == 0, f"emulated {op} failed ({params}):\n{result.stderr[-6000:]}"
+    return job
+
+
+def plan_of(job):
+    return dict(line.split(" ", 1) for line in (job / "plan.txt").read_text().splitlines())
+
+
+def emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=None, g_idx="given", sms=H100_SMS,
+                  mma=True, mode=(0, 0), ldx=None):
+    """y = x @ W^T (+ bias) through the emulated fused kernels; returns (y or None, plan). x is [M, ldx] storage
+    of which the first K columns are used."""
+    k = tensors["qweight"].shape[0] * 32 // bits
+    n = tensors["qweight"].shape[1]
+    m = x.shape[0]
+    groups = tensors["scales"].shape[0]
+    g = tensors["g_idx"] if isinstance(g_idx, str) else g_idx
+    ldx = ldx or x.shape[1]
+    job = run_harness(
+        harness, tmp_path, "gemm",
+        {"x": x, "qweight": tensors["qweight"], "qzeros": tensors["qzeros"], "scales": tensors["scales"],
+         "g_idx": None if g is None else g.to(torch.int32), "bias": bias},
+        mode, m=m, k=k, n=n, ldx=ldx, bits=bits, group_size=-1 if group_size == -1 else min(group_size, k),
+        groups=groups, act=TYPE_NAMES[x.dtype], scale_type=TYPE_NAMES[tensors["scales"].dtype],
+        bias_type=TYPE_NAMES[bias.dtype] if bias is not None else "float", sms=sms, mma=int(mma),
+        x_aligned=int(ldx % 8 == 0))
+    plan = plan_of(job)
+    y = None if plan["path"] == "dequantize_then_gemm" else _read(job / "y.bin", x.dtype, (m, n))
+    return y, plan
+
+
+# ------------------------------------------------------------------------------------- the emulator itself
+@pytest.mark.parametrize("mode", MODES + [(1, 0), (0, 1)])
+def test_emulator_catches_missing_barriers_and_waits(harness, tmp_path, mode):
+    """The bugs the emulator claims to catch, each in a small kernel next to its fixed form."""
+    def selftest(case):
+        return _read(run_harness(harness, tmp_path, "selftest", {}, mode, case=case) / "out.bin", torch.float32, (128,))
+
+    threads = torch.arange(128, dtype=torch.float32)
+    assert torch.equal(selftest("exchange"), (threads + 1) % 128 + 1)
+    assert not torch.equal(selftest("exchange_no_barrier"), (threads + 1) % 128 + 1)
+    assert torch.equal(selftest("async_copy"), threads)
+    if mode[1] == 0:  # copies land at their wait: without one the stage still holds the poison
+        assert selftest("async_copy_no_wait").isnan().all()
+    error = run_harness(harness, tmp_path, "selftest", {}, mode, expect_failure=True, case="shuffle_after_exit")
+    assert "lane 5 is named in a collective's mask but does not take part in it" in error
+
+
+def test_emulator_reports_out_of_bounds_reads(harness, tmp_path):
+    if "-fsanitize=address" not in (harness.parent / "flags.txt").read_text():
+        pytest.skip("the compiler has no AddressSanitizer")
+    error = run_harness(harness, tmp_path, "selftest", {}, expect_failure=True, case="read_past_end")
+    assert "heap-buffer-overflow" in error
+
+
+# ------------------------------------------------------------------------------------------------- gemm
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_emulated_gemm_matches_float64_reference(harness, tmp_path, bits, dtype, mode):
+    # K = 576 with groups of 128 ends in a partial group; N = 96 leaves a partial column tile in both kernels.
+    k, n = 576, 96
+    for group_size, act_order in ((128, False), (32, True), (-1, False)):
+        sym = bool(torch.randint(0, 2, ()).item())
+        tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size, act_order=act_order, sym=sym)
+        w_t = expected_weight_t(q, scale, zero, g_idx)
+        for rows, path in ((1, "gemv"), (3, "gemv"), (8, "gemv"), (9, "mma"), (33, "mma"), (100, "mma")):
+            x = torch.randn(rows, k).to(dtype)
+            y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, mode=mode)
+            assert plan["path"] == path
+            assert_close_to_reference(y, x, w_t)
+        if act_order:  # sorted by group, as QuantLinear stores act-order layers: the kernels' one-group fast path
+            perm = torch.argsort(g_idx, stable=True)
+            sorted_tensors = dict(tensors, qweight=pack_bitstream(q[perm].contiguous(), bits), g_idx=g_idx[perm])
+            for rows in (2, 40):
+                x = torch.randn(rows, k).to(dtype)
+                y, _ = emulated_gemm(harness, tmp_path, x[:, perm].contiguous(), sorted_tensors, bits, group_size,
+                                     mode=mode)
+                assert_close_to_reference(y, x, w_t)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("sms", [1, H100_SMS])
+def test_emulated_gemm_split_k_bias_and_long_k(harness, tmp_path, bits, sms):
+    # K = 2080 walks several x stages and K tiles per CTA and ends in an odd 32-row block (half a K tile of the
+    # tensor-core kernel). On one SM, N = 512 gives both kernels enough CTAs to keep K whole (they write y and
+    # add the bias themselves); 132 SMs split K (fp32 partial sums, then the reduction kernel adds them up and
+    # adds the bias).
+    k, n, group_size = 2080, 512, 64
+    tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size)
+    w_t = expected_weight_t(q, scale, zero, g_idx)
+    for bias_dtype in (torch.float16, torch.float32):
+        bias = torch.randn(n).to(bias_dtype)
+        for rows in (1, 5, 20, 64):
+            x = torch.randn(rows, k, dtype=torch.float16)
+            y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=bias, sms=sms)
+            assert (int(plan["splits"]) > 1) == (sms > 1), plan
+            assert_close_to_reference(y, x, w_t, bias)
+
+
+@pytest.mark.parametrize("group_size", [16, 48, 100])
+def test_emulated_gemm_groups_that_split_blocks(harness, tmp_path, group_size):
+    # Groups that start inside a 32-row block take the kernels' per-row lookup path.
+    tensors, q, scale, zero, g_idx = random_layer(576, 64, 4, group_size, scale_dtype=torch.bfloat16)
+    w_t = expected_weight_t(q, scale, zero, g_idx)
+    for rows in (1, 4, 40):
+        x = torch.randn(rows, 576, dtype=torch.float16)
+        for g in ("given", None):
+            y, _ = emulated_gemm(harness, tmp_path, x, tensors, 4, group_size, g_idx=g)
+            assert_close_to_reference(y, x, w_t)
+
+
+def test_emulated_gemm_without_tensor_cores_and_with_strided_rows(harness, tmp_path):
+    k, n, bits = 576, 160, 4
+    tensors, q, scale, zero, g_idx = random_layer(k, n, bits, 64)
+    w_t = expected_weight_t(q, scale, zero, g_idx)
+    for rows in (9, 20, 32):  # the GEMV kernel in row tiles of 8, as with GPTQ_KERNELS_NO_MMA=1 or before sm_80
+        x = torch.randn(rows, k, dtype=torch.float16)
+        y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, 64, mma=False)
+        assert plan["path"] == "gemv" and plan["rows_per_cta"] == "8"
+        assert_close_to_reference(y, x, w_t)
+    # Rows of x sliced out of a wider tensor: row stride 600 (a multiple of 8) keeps the tensor-core kernel, 581
+    # sends up to 32 rows to the GEMV kernel and more to the general path.
+    for ldx, rows, path in ((600, 40, "mma"), (581, 3, "gemv"), (581, 20, "gemv"), (581, 40, "dequantize_then_gemm")):
+        storage = torch.randn(rows, ldx, dtype=torch.float16)
+        y, plan = emulated_gemm(harness, tmp_path, storage, tensors, bits, 64, ldx=ldx)
+        assert plan["path"] == path
+        if y is not None:
+            assert_close_to_reference(y, storage[:, :k], w_t)
+
+
+# ------------------------------------------------------------------------------------------- layout ops
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_emulated_layout_ops_are_exact(harness, tmp_path, bits):
+    for k, n in ((576, 96), (32, 40), (160, 3)):
+        values = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32)
+        packed = pack_bitstream(values, bits)
+        job = run_harness(harness, tmp_path, "pack", {"values": values}, k=k, n=n, bits=bits)
+        assert torch.equal(_read(job / "packed.bin", torch.int32, packed.shape), packed)
+        job = run_harness(harness, tmp_path, "unpack", {"packed": packed}, k=k, n=n, bits=bits)
+        assert torch.equal(_read(job / "values.bin", torch.int32, (k, n)), values)
+        perm = torch.randperm(k)
+        job = run_harness(harness, tmp_path, "permute_rows", {"packed": packed, "perm": perm}, k=k, n=n, bits=bits)
+        assert torch.equal(_read(job / "packed_out.bin", torch.int32, packed.shape),
+                           pack_bitstream(values[perm].contiguous(), bits))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_emulated_dequantize_is_exact(harness, tmp_path, bits):
+    for group_size, act_order, scale_dtype, out_dtype in ((128, False, torch.float16, torch.float16),
+                                                          (48, True, torch.bfloat16, torch.float32),
+                                                          (-1, False, torch.float32, torch.bfloat16)):
+        tensors, q, scale, zero, g_idx = random_layer(576, 96, bits, group_size, act_order=act_order,
+                                                      scale_dtype=scale_dtype)
+        w_t = expected_weight_t(q, scale, zero, g_idx)
+        job = run_harness(harness, tmp_path, "dequantize", tensors, k=576, n=96, bits=bits,
+                          group_size=min(group_size, 576) if group_size != -1 else -1,
+                          groups=tensors["scales"].shape[0], scale_type=TYPE_NAMES[scale_dtype],
+                          out_type=TYPE_NAMES[out_dtype])
+        # (q - zero) * scale is exact in fp32: one rounding, to the output dtype.
+        out = _read(job / "out.bin", out_dtype, (576, 96))
+        assert torch.equal(out, w_t.float().to(out_dtype) if out_dtype != torch.float32 else w_t.float())
+
+
+# ------------------------------------------------------------------------------------------- gptq_block
+def _upper_factor(width, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(width, width, generator=g, dtype=torch.float64) / width ** 0.5 + torch.eye(width)
+    return torch.linalg.cholesky(a @ a.t(), upper=True).float().contiguous()
+
+
+@pytest.mark.parametrize("fit, bits, sym, scale_dtype", [(True, 4, True, torch.float16), (True, 3, False, torch.bfloat16),
+                                                         (False, 2, False, torch.float32), (False, 8, True, torch.float16)])
+def test_emulated_gptq_block_matches_the_reference(harness, tmp_path, fit, bits, sym, scale_dtype):
+    # 300 rows: the last CTA of 128 threads is partly idle. Groups of 32 in a block of 96 columns: grids are
+    # fitted mid-block as well as at its start.
+    rows, width, group_size, offset = 300, 96, 32, 128
+    w = torch.randn(rows, width) * 0.05
+    u = _upper_factor(width, 1)
+    scale = zero = None
+    if not fit:
+        scale = torch.rand(rows, width) * 0.01 + 0.005
+        zero = torch.full((rows, width), float(1 << (bits - 1))) if sym else \
+            torch.randint(0, 1 << bits, (rows, width)).float()
+    arrays = {"w": w.t(), "u": u}
+    if not fit:
+        arrays.update(scale=scale.t(), zero=zero.t())
+    job = run_harness(harness, tmp_path, "gptq_block", arrays, rows=rows, width=width, bits=bits, sym=int(sym),
+                      fit=int(fit), group_size=group_size, column_offset=offset, scale_dtype=TYPE_NAMES[scale_dtype])
+    got = [_read(job / f"{name}.bin", dtype, (width, rows)).t()
+           for name, dtype in (("q", torch.int32), ("deq", torch.float32), ("err", torch.float32),
+                               ("scale", torch.float32), ("zero", torch.float32))]
+    expected = gptq_block_torch(w, u, bits, sym, group_size, offset, scale, zero, scale_dtype)
+    q_ref = expected[0]
+    # The kernel and the reference round the same float32 operations in the same order, but a compiler may
+    # contract a multiply-add: a value on a rounding boundary can then land on the other side. Rare, never many.
+    assert (got[0] != q_ref).float().mean() < 0.01
+    same = (got[0] == q_ref).all(dim=1)
+    assert same.float().mean() > 0.9
+    for a, b in zip(expected[1:], got[1:]):
+        torch.testing.assert_close(b[same], a[same], rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------- binary-coded (BCQ)
+def _bcq_params(t, k, group_size):
+    return dict(k=k, n=t["qplanes"].shape[2], planes=t["qplanes"].shape[0],
+                group_size=-1 if group_size == -1 else min(group_size, k), groups=t["alpha"].shape[0],
+                alpha_type=TYPE_NAMES[t["alpha"].dtype], offset_type=TYPE_NAMES[t["offset"].dtype])
+
+
+@pytest.mark.parametrize("planes", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("mode", MODES)
+def test_emulated_bcq_gemm_matches_float64_reference(harness, tmp_path, planes, dtype, mode):
+    # K = 576 with groups of 128 ends in a partial group (and is one partial stage of 18 blocks); N = 96 leaves a
+    # partial column tile. 1, 2, 3 and 8 rows: row tiles of 1, 2 and 4 (two of them for 8).
+    k, n = 576, 96
+    for group_size in (128, -1):
+        t, w_t = random_bcq(k, n, planes, group_size)
+        for rows in (1, 2, 3, 8):
+            x = torch.randn(rows, k).to(dtype)
+            bias = torch.randn(n).to(dtype) if rows == 3 else None
+            job = run_harness(harness, tmp_path, "bcq_gemm", dict(t, x=x, bias=bias), mode, m=rows, sms=H100_SMS,
+                              act=TYPE_NAMES[dtype], bias_type=TYPE_NAMES[dtype], **_bcq_params(t, k, group_size))
+            assert_close_to_reference(_read(job / "y.bin", dtype, (rows, n)), x, w_t, bias)
+
+
+def test_emulated_bcq_gemm_long_k_with_and_without_split(harness, tmp_path):
+    # K = 2080: four full stages of 16 blocks and a partial one. One SM and N = 512 keep K in one CTA; 132 split it.
+    k, n, group_size = 2080, 512, 64
+    t, w_t = random_bcq(k, n, 2, group_size)
+    for sms, split in ((1, False), (H100_SMS, True)):
+        x = torch.randn(4, k, dtype=torch.float16)
+        bias = torch.randn(n, dtype=torch.float16)
+        job = run_harness(harness, tmp_path, "bcq_gemm", dict(t, x=x, bias=bias), m=4, sms=sms, act="half",
+                          bias_type="half", **_bcq_params(t, k, group_size))
+        assert (int(plan_of(job)["splits"]) > 1) == split
+        assert_close_to_reference(_read(job / "y.bin", torch.float16, (4, n)), x, w_t, bias)
+
+
+@pytest.mark.parametrize("planes", [1, 2, 3, 4])
+def test_emulated_bcq_dequantize(harness, tmp_path, planes):
+    for group_size, dtype in ((32, torch.float16), (48, torch.bfloat16), (-1, torch.float32)):
+        t, w_t = random_bcq(576, 96, planes, group_size, dtype=dtype)
+        job = run_harness(harness, tmp_path, "bcq_dequantize", t, out_type=TYPE_NAMES[dtype],
+                          **_bcq_params(t, 576, group_size))
+        out = _read(job / "out.bin", dtype, (576, 96))
+        assert_dequantized_close(out, w_t, t)
