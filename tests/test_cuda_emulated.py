@@ -187,10 +187,13 @@ def test_emulator_reports_out_of_bounds_reads(harness, tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 def test_emulated_gemm_matches_float64_reference(harness, tmp_path, bits, dtype, mode):
     # K = 576 with groups of 128 ends in a partial group; N = 96 leaves a partial column tile in both kernels.
+    # Scales in the activation dtype take the tensor-core kernel's paired decode (2/4-bit, and 8-bit with fp16);
+    # fp16 scales under bf16 activations and fp32 scales take its fp32 decode.
     k, n = 576, 96
-    for group_size, act_order in ((128, False), (32, True), (-1, False)):
+    for group_size, act_order, scale_dtype in ((128, False, dtype), (32, True, torch.float16), (-1, False, torch.float32)):
         sym = bool(torch.randint(0, 2, ()).item())
-        tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size, act_order=act_order, sym=sym)
+        tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size, act_order=act_order, sym=sym,
+                                                      scale_dtype=scale_dtype)
         w_t = expected_weight_t(q, scale, zero, g_idx)
         for rows, path in ((1, "gemv"), (3, "gemv"), (8, "gemv"), (9, "mma"), (33, "mma"), (100, "mma")):
             x = torch.randn(rows, k).to(dtype)

@@ -1,6 +1,8 @@
 // The body of the tensor-core kernel (see gemm_mma.cuh for the design) and its launcher. Include only from the
 // gemm_mma_<bits>bit.cu files that instantiate it.
 #pragma once
+#include <cstring>
+
 #include "cuda/gemm_mma.cuh"
 
 namespace gptq_kernels {
@@ -58,6 +60,22 @@ struct MmaOps<__half> {
     const __half2 h = __floats2half2_rn(lo, hi);  // lo in the low 16 bits
     return *reinterpret_cast<const uint32_t*>(&h);
   }
+  // For the paired decode (dequantize_block_pairs): 0x6400 | q is the fp16 1024 + q, exact for q < 1024.
+  static constexpr FloatType kType = FloatType::kHalf;
+  static constexpr uint32_t kMagicPair = 0x64006400u;
+  static constexpr float kMagicValue = 1024.f;
+  static constexpr int kMagicMaxBits = 10;
+  // (h - zm) * s in both halves: the difference of two magic numbers is exact, the product rounded once.
+  static __device__ __forceinline__ uint32_t sub_mul2(uint32_t h, uint32_t zm, uint32_t s) {
+    __half2 a, b, c;
+    memcpy(&a, &h, 4);
+    memcpy(&b, &zm, 4);
+    memcpy(&c, &s, 4);
+    const __half2 r = __hmul2(__hsub2(a, b), c);
+    uint32_t out;
+    memcpy(&out, &r, 4);
+    return out;
+  }
 };
 template <>
 struct MmaOps<__nv_bfloat16> {
@@ -75,7 +93,63 @@ struct MmaOps<__nv_bfloat16> {
     const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&h);
   }
+  // 0x4300 | q is the bf16 128 + q, exact for q < 128 (7 mantissa bits): 2- and 4-bit weights only.
+  static constexpr FloatType kType = FloatType::kBFloat16;
+  static constexpr uint32_t kMagicPair = 0x43004300u;
+  static constexpr float kMagicValue = 128.f;
+  static constexpr int kMagicMaxBits = 7;
+  static __device__ __forceinline__ uint32_t sub_mul2(uint32_t h, uint32_t zm, uint32_t s) {
+    __nv_bfloat162 a, b, c;
+    memcpy(&a, &h, 4);
+    memcpy(&b, &zm, 4);
+    memcpy(&c, &s, 4);
+    const __nv_bfloat162 r = __hmul2(__hsub2(a, b), c);
+    uint32_t out;
+    memcpy(&out, &r, 4);
+    return out;
+  }
 };
+
+// Whether the 32 values of a block can be dequantized two at a time (dequantize_block_pairs): the values and
+// zero points must fit the magic number's mantissa (8-bit weights need fp16), and 3-bit values straddle words.
+template <typename T, int BITS>
+constexpr bool kPairedDecode = (BITS == 2 || BITS == 4 || BITS == 8) && BITS < MmaOps<T>::kMagicMaxBits;
+
+// Dequantizes the 32 values of one block (its words w) to T, two per instruction: OR-ing two values into the
+// mantissas of a pair of magic numbers gives (magic + q) in both halves, subtracting zero_pair (magic + zero in
+// both halves) is exact, and the product with scale_pair (the group's scale, a T already) is rounded once: bit for
+// bit the values of the fp32 path (scale * (q - zero) rounded once). A 4-bit word yields the pairs (j, j + 4), a
+// 2-bit word (j, j + 8); one byte permute per pair regroups them into neighbours. 8-bit bytes land in
+// neighbouring halves directly. out[i] holds values 2i (low half) and 2i + 1.
+template <typename T, int BITS>
+__device__ __forceinline__ void dequantize_block_pairs(const uint32_t (&w)[BITS], uint32_t zero_pair,
+                                                       uint32_t scale_pair, uint32_t (&out)[16]) {
+  using Ops = MmaOps<T>;
+  if constexpr (BITS == 8) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {  // word i: values 4i..4i+3, one per byte
+      out[2 * i] = Ops::sub_mul2(__byte_perm(w[i], Ops::kMagicPair, 0x5150), zero_pair, scale_pair);
+      out[2 * i + 1] = Ops::sub_mul2(__byte_perm(w[i], Ops::kMagicPair, 0x5352), zero_pair, scale_pair);
+    }
+  } else {
+    constexpr int kPerWord = 32 / BITS;      // values per word: 8 (4-bit) or 16 (2-bit)
+    constexpr int kHalfSpan = kPerWord / 2;  // one extraction yields values s and s + kHalfSpan
+    constexpr uint32_t kMask = ((1u << BITS) - 1u) * 0x00010001u;
+#pragma unroll
+    for (int i = 0; i < BITS; ++i) {
+      uint32_t d[kHalfSpan];
+#pragma unroll
+      for (int sft = 0; sft < kHalfSpan; ++sft) {
+        d[sft] = Ops::sub_mul2(((w[i] >> (sft * BITS)) & kMask) | Ops::kMagicPair, zero_pair, scale_pair);
+      }
+#pragma unroll
+      for (int r = 0; r < kHalfSpan / 2; ++r) {
+        out[i * kHalfSpan + r] = __byte_perm(d[2 * r], d[2 * r + 1], 0x5410);                   // low halves
+        out[i * kHalfSpan + kHalfSpan / 2 + r] = __byte_perm(d[2 * r], d[2 * r + 1], 0x7632);  // high halves
+      }
+    }
+  }
+}
 
 template <typename T, int BITS, int MT>
 __global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const FusedGemmParams p) {
@@ -130,6 +204,9 @@ __global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const FusedGemmPa
   const int dq_n = min(n_tile + dq_col, p.n - 1);  // columns past N use a valid column's scale; never written
   int current_group = -1;
   float scale = 0.f, zero = 0.f;  // zero holds kMagicFloat + zero point
+  // The paired decode needs the scale exactly in T: scales stored in the activation dtype (the usual case).
+  const bool paired_decode = kPairedDecode<T, BITS> && p.scale_type == MmaOps<T>::kType;
+  uint32_t zero_pair = 0u, scale_pair = 0u;  // magic + zero point and the scale, in both halves of a T pair
   auto dequantize_tile = [&](int stage, int tile) {
     const int b = kb_begin + tile * kMmaTileBlocks + dq_blk;
     T* dst = bs + dq_col * kMmaRowStride + dq_blk * core::kBlockValues;
@@ -147,10 +224,26 @@ __global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const FusedGemmPa
         current_group = g;
         scale = load_float(p.scales, static_cast<int64_t>(g) * p.n + dq_n, p.scale_type);
         zero = magic_zero<BITS>(p.qzeros, g, p.n, dq_n);
+        if constexpr (kPairedDecode<T, BITS>) {
+          zero_pair = MmaOps<T>::pack2(zero - kMagicFloat + MmaOps<T>::kMagicValue,
+                                       zero - kMagicFloat + MmaOps<T>::kMagicValue);
+          scale_pair = MmaOps<T>::pack2(scale, scale);
+        }
       }
       uint32_t w[BITS];
 #pragma unroll
       for (int i = 0; i < BITS; ++i) w[i] = src[i * kMmaColumns];
+      if constexpr (kPairedDecode<T, BITS>) {
+        if (paired_decode) {
+          uint32_t out[16];
+          dequantize_block_pairs<T, BITS>(w, zero_pair, scale_pair, out);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            reinterpret_cast<uint4*>(dst)[i] = make_uint4(out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
+          }
+          return;
+        }
+      }
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         uint32_t packed[4];
