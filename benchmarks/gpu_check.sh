@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet; python3 with torch+CUDA, nvcc, pytest preinstalled):
 # builds the extension for sm_90, runs the GPU tests, compute-sanitizer (memcheck and racecheck) on a small
-# script that runs every kernel (GPTQ and BCQ), then the benchmark with whatever time is left. Everything lands in $OUT
-# (default ./gpu_results): one log per phase, phases.log with timestamps, bench_cuda.{json,txt,png}.
+# script that runs every kernel (GPTQ and BCQ), then the benchmark with whatever time is left, a short rerun of it
+# with the tensor-core kernel at batches 1-8 (small_batch_mma/) and the GPTQ quantizer comparison. Everything lands
+# in $OUT (default ./gpu_results): one log per phase, phases.log with timestamps, bench_cuda.{json,txt,png}.
 #
 #   bash benchmarks/gpu_check.sh                 # the whole check, about 9 minutes at most
 #   BUDGET_S=300 SKIP_SANITIZER=1 bash benchmarks/gpu_check.sh
@@ -63,13 +64,21 @@ if [ -z "${SKIP_SANITIZER:-}" ]; then
 fi
 # The benchmark gets the rest of the budget, minus time to write its results; the large shapes go first
 # because the acceptance criteria are stated for them.
-left=$((BUDGET_S - SECONDS - 70))  # 30 s of it for bench_gptq below
+left=$((BUDGET_S - SECONDS - 130))  # 60 s of it for bench_small_mma, 30 s for bench_gptq below
 if [ $left -gt 60 ]; then
   minutes=$(awk "BEGIN { print ($left - 30) / 60 }")
   run bench $left "$PY" benchmarks/bench_cuda.py --max-minutes "$minutes" --out "$OUT" \
     --shapes 8192x8192,8192x28672,28672x8192,4096x4096,4096x11008,11008x4096,4096x14336,14336x4096,4096x6144,4096x1024
 else
   phase "bench: skipped (only ${left}s left)"
+fi
+# The tensor-core kernel at the GEMV kernel's batch sizes (GPTQ_KERNELS_MMA_MIN_ROWS=1), to compare with the
+# "gptq N-bit" rows of the main table: decides whether small batches should move to tensor cores.
+left=$((BUDGET_S - SECONDS - 40))
+if [ $left -gt 40 ]; then
+  [ $left -gt 60 ] && left=60
+  GPTQ_KERNELS_MMA_MIN_ROWS=1 run bench_small_mma $left "$PY" benchmarks/bench_cuda.py --max-minutes 0.6 \
+    --out "$OUT/small_batch_mma" --shapes 8192x8192,4096x11008 --batches 1,4,8 --bits 2,4,8 --bcq-planes ""
 fi
 # Issue-3 comparison on the GPU: one 4096x4096 layer, quantize_weight (CUDA gptq_block) vs the textbook loop.
 left=$((BUDGET_S - SECONDS - 10))

@@ -60,7 +60,8 @@ void launch_bcq_dequantize(const BcqDequantParams& p, FloatType out_type, void* 
       GPTQ_LAUNCH(grid, kBcqDequantThreads, 0, stream, bcq_dequantize_kernel<__half>)(p, static_cast<__half*>(out));
       break;
     case FloatType::kBFloat16:
-      GPTQ_LAUNCH(grid, kBcqDequantThreads, 0, stream, bcq_dequantize_kernel<__nv_bfloat16>)(p, static_cast<__nv_bfloat16*>(out));
+      GPTQ_LAUNCH(grid, kBcqDequantThreads, 0, stream, bcq_dequantize_kernel<__nv_bfloat16>)(
+          p, static_cast<__nv_bfloat16*>(out));
       break;
     default:
       GPTQ_LAUNCH(grid, kBcqDequantThreads, 0, stream, bcq_dequantize_kernel<float>)(p, static_cast<float*>(out));

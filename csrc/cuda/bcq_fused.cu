@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "cuda/bcq.cuh"
+#include "cuda/splitk_reduce.cuh"
 
 namespace gptq_kernels {
 namespace cuda {
@@ -14,22 +15,6 @@ constexpr int64_t kBcqCtasPerSm = 4;
 constexpr int64_t kBcqMinBlocksPerCta = kBcqStageBlocks;
 // Cap on the fp32 split-K partial sums [splits, M, N]: small enough to stay in L2 between the two kernels.
 constexpr int64_t kBcqMaxWorkspaceBytes = int64_t{8} << 20;
-constexpr int kBcqReduceThreads = 256;
-
-// y[i] = sum over splits of workspace[s, i] (+ bias), in a fixed order: the result does not depend on timing.
-// (The uniform gemm has the same kernel for fp16/bf16 in gemm_fused.cu; this one also writes fp32.)
-template <typename T>
-__global__ void __launch_bounds__(kBcqReduceThreads)
-    bcq_splitk_reduce_kernel(const float* __restrict__ workspace, int splits, int64_t mn, int64_t n,
-                             const void* bias, FloatType bias_type, T* __restrict__ y) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kBcqReduceThreads + threadIdx.x; i < mn;
-       i += static_cast<int64_t>(gridDim.x) * kBcqReduceThreads) {
-    float v = 0.f;
-    for (int s = 0; s < splits; ++s) v += workspace[s * mn + i];
-    if (bias != nullptr) v += load_float(bias, i % n, bias_type);
-    y[i] = FloatConvert<T>::from_float(v);
-  }
-}
 
 }  // namespace
 
@@ -48,7 +33,8 @@ BcqGemvPlan plan_bcq_gemv(int64_t m, int64_t k, int64_t n, int64_t sms) {
   blocks_per_cta = (blocks_per_cta + kBcqStageBlocks - 1) / kBcqStageBlocks * kBcqStageBlocks;
   plan.blocks_per_cta = blocks_per_cta;
   plan.splits = (kblocks + blocks_per_cta - 1) / blocks_per_cta;
-  plan.grid = dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles), static_cast<unsigned>(plan.splits));
+  plan.grid = dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles),
+                   static_cast<unsigned>(plan.splits));
   return plan;
 }
 
@@ -61,23 +47,7 @@ cudaError_t launch_bcq_fused(const BcqGemvPlan& plan, int planes, const BcqGemvP
   }
   cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess || plan.splits == 1) return error;
-  const int64_t mn = static_cast<int64_t>(p.m) * p.n;
-  // A grid-stride loop: a few CTAs per SM's worth is plenty for an element-wise sum that sits in L2.
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((mn + kBcqReduceThreads - 1) / kBcqReduceThreads, 1024));
-  const int s = static_cast<int>(plan.splits);
-  switch (x_type) {
-    case FloatType::kHalf:
-      GPTQ_LAUNCH(blocks, kBcqReduceThreads, 0, stream, bcq_splitk_reduce_kernel<__half>)(
-          p.workspace, s, mn, p.n, p.bias, p.bias_type, static_cast<__half*>(p.y));
-      break;
-    case FloatType::kBFloat16:
-      GPTQ_LAUNCH(blocks, kBcqReduceThreads, 0, stream, bcq_splitk_reduce_kernel<__nv_bfloat16>)(
-          p.workspace, s, mn, p.n, p.bias, p.bias_type, static_cast<__nv_bfloat16*>(p.y));
-      break;
-    default:
-      GPTQ_LAUNCH(blocks, kBcqReduceThreads, 0, stream, bcq_splitk_reduce_kernel<float>)(
-          p.workspace, s, mn, p.n, p.bias, p.bias_type, static_cast<float*>(p.y));
-  }
+  launch_splitk_reduce(p.workspace, plan.splits, p.m, p.n, p.bias, p.bias_type, x_type, p.y, stream);
   return cudaGetLastError();
 }
 

@@ -44,6 +44,17 @@ bool mma_enabled() {
   return enabled;
 }
 
+// GPTQ_KERNELS_MMA_MIN_ROWS (read once): the batch from which the tensor-core kernel replaces the GEMV kernel,
+// 1 to 9 (default 9). For benchmarking the two kernels against each other at small batches.
+int64_t mma_min_rows() {
+  static const int64_t rows = [] {
+    const char* v = std::getenv("GPTQ_KERNELS_MMA_MIN_ROWS");
+    const int64_t parsed = v == nullptr ? kDefaultMmaMinRows : std::atoll(v);
+    return parsed >= 1 && parsed <= kDefaultMmaMinRows ? parsed : kDefaultMmaMinRows;
+  }();
+  return rows;
+}
+
 // The arguments of either fused kernel; allocates the split-K workspace when the plan splits K.
 FusedGemmParams fused_params(const core::QuantGeometry& geo, const at::Tensor& x2, const at::Tensor& qweight,
                              const at::Tensor& qzeros, const at::Tensor& scales,
@@ -114,6 +125,7 @@ at::Tensor gemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::T
   const DeviceInfo& device = device_info(qweight.device().index());
   problem.mma_available = mma_enabled() && device.major >= 8;
   problem.sms = device.multiprocessors;
+  problem.mma_min_rows = mma_min_rows();
   const GemmPlan plan = plan_gemm(problem);
   if (plan.path == GemmPath::kDequantizeThenGemm) {
     return dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx, bias).view(out_shape);

@@ -6,6 +6,7 @@
 #include "cuda/gemm_mma.cuh"
 #include "cuda/gemm_plan.cuh"
 #include "cuda/gemv.cuh"
+#include "cuda/splitk_reduce.cuh"
 
 namespace gptq_kernels {
 namespace cuda {
@@ -27,21 +28,6 @@ constexpr int64_t kGemvMinBlocksPerCta = 8;
 constexpr int64_t kMmaMinBlocksPerCta = 16;
 // Cap on the fp32 split-K partial sums [splits, M, N]: small enough to stay in L2 between the two kernels.
 constexpr int64_t kMaxWorkspaceBytes = int64_t{8} << 20;
-constexpr int kReduceThreads = 256;
-
-// y[i] = sum over splits of workspace[s, i] (+ bias), in a fixed order: the result does not depend on timing.
-template <typename T>
-__global__ void __launch_bounds__(kReduceThreads)
-    splitk_reduce_kernel(const float* __restrict__ workspace, int splits, int64_t mn, int64_t n,
-                         const void* bias, FloatType bias_type, T* __restrict__ y) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x; i < mn;
-       i += static_cast<int64_t>(gridDim.x) * kReduceThreads) {
-    float v = 0.f;
-    for (int s = 0; s < splits; ++s) v += workspace[s * mn + i];
-    if (bias != nullptr) v += load_float(bias, i % n, bias_type);
-    y[i] = FloatConvert<T>::from_float(v);
-  }
-}
 
 // Splits K until the grid has about ctas_per_sm CTAs per SM, within the limits above; sets plan.splits,
 // plan.blocks_per_cta (a multiple of block_multiple) and grid.z. No CTA is left without work.
@@ -87,7 +73,8 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
   const int64_t m = problem.m;
   if (!problem.half_activations || !problem.weight_aligned || m < 1) return plan;
   const bool mma = problem.mma_available && problem.x_aligned;
-  if (m <= kGemvMaxRowsPerCta || (!mma && m <= kGemvMaxRows)) {
+  const int64_t mma_min_rows = std::min<int64_t>(std::max<int64_t>(problem.mma_min_rows, 1), kGemvMaxRowsPerCta + 1);
+  if (mma ? m < mma_min_rows : m <= kGemvMaxRows) {
     plan.path = GemmPath::kGemv;
     plan.rows_per_cta = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : kGemvMaxRowsPerCta;
     plan.grid = dim3(static_cast<unsigned>((m + plan.rows_per_cta - 1) / plan.rows_per_cta),
@@ -113,16 +100,8 @@ cudaError_t launch_fused_gemm(const GemmPlan& plan, int bits, const FusedGemmPar
   }
   cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess || plan.splits == 1) return error;
-  const int64_t mn = static_cast<int64_t>(p.m) * p.n;
-  // A grid-stride loop: a few CTAs per SM's worth is plenty for an element-wise sum that sits in L2.
-  const int64_t blocks = std::min<int64_t>((mn + kReduceThreads - 1) / kReduceThreads, 1024);
-  if (type == ActType::kHalf) {
-    GPTQ_LAUNCH(blocks, kReduceThreads, 0, stream, splitk_reduce_kernel<__half>)(
-        p.workspace, static_cast<int>(plan.splits), mn, p.n, p.bias, p.bias_type, static_cast<__half*>(p.y));
-  } else {
-    GPTQ_LAUNCH(blocks, kReduceThreads, 0, stream, splitk_reduce_kernel<__nv_bfloat16>)(
-        p.workspace, static_cast<int>(plan.splits), mn, p.n, p.bias, p.bias_type, static_cast<__nv_bfloat16*>(p.y));
-  }
+  launch_splitk_reduce(p.workspace, plan.splits, p.m, p.n, p.bias, p.bias_type,
+                       type == ActType::kHalf ? FloatType::kHalf : FloatType::kBFloat16, p.y, stream);
   return cudaGetLastError();
 }
 

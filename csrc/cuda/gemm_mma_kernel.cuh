@@ -2,6 +2,7 @@
 // gemm_mma_<bits>bit.cu files that instantiate it.
 #pragma once
 #include <cstring>
+#include <type_traits>
 
 #include "cuda/gemm_mma.cuh"
 
@@ -60,22 +61,6 @@ struct MmaOps<__half> {
     const __half2 h = __floats2half2_rn(lo, hi);  // lo in the low 16 bits
     return *reinterpret_cast<const uint32_t*>(&h);
   }
-  // For the paired decode (dequantize_block_pairs): 0x6400 | q is the fp16 1024 + q, exact for q < 1024.
-  static constexpr FloatType kType = FloatType::kHalf;
-  static constexpr uint32_t kMagicPair = 0x64006400u;
-  static constexpr float kMagicValue = 1024.f;
-  static constexpr int kMagicMaxBits = 10;
-  // (h - zm) * s in both halves: the difference of two magic numbers is exact, the product rounded once.
-  static __device__ __forceinline__ uint32_t sub_mul2(uint32_t h, uint32_t zm, uint32_t s) {
-    __half2 a, b, c;
-    memcpy(&a, &h, 4);
-    memcpy(&b, &zm, 4);
-    memcpy(&c, &s, 4);
-    const __half2 r = __hmul2(__hsub2(a, b), c);
-    uint32_t out;
-    memcpy(&out, &r, 4);
-    return out;
-  }
 };
 template <>
 struct MmaOps<__nv_bfloat16> {
@@ -93,27 +78,40 @@ struct MmaOps<__nv_bfloat16> {
     const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&h);
   }
-  // 0x4300 | q is the bf16 128 + q, exact for q < 128 (7 mantissa bits): 2- and 4-bit weights only.
-  static constexpr FloatType kType = FloatType::kBFloat16;
-  static constexpr uint32_t kMagicPair = 0x43004300u;
-  static constexpr float kMagicValue = 128.f;
-  static constexpr int kMagicMaxBits = 7;
-  static __device__ __forceinline__ uint32_t sub_mul2(uint32_t h, uint32_t zm, uint32_t s) {
-    __nv_bfloat162 a, b, c;
-    memcpy(&a, &h, 4);
-    memcpy(&b, &zm, 4);
-    memcpy(&c, &s, 4);
-    const __nv_bfloat162 r = __hmul2(__hsub2(a, b), c);
-    uint32_t out;
-    memcpy(&out, &r, 4);
-    return out;
-  }
 };
+
+// The paired decode (dequantize_block_pairs) per activation type: OR-ing q into the mantissa of the magic number
+// gives magic + q exactly while q < 2^kMagicMaxBits (fp16: 0x6400 | q is 1024 + q; bf16, 7 mantissa bits:
+// 0x4300 | q is 128 + q, so 2- and 4-bit weights only).
+template <typename T>
+struct PairedDecode {
+  static constexpr bool kHalf = std::is_same<T, __half>::value;  // else bf16
+  using Pair = std::conditional_t<kHalf, __half2, __nv_bfloat162>;
+  static constexpr FloatType kType = kHalf ? FloatType::kHalf : FloatType::kBFloat16;
+  static constexpr uint32_t kMagicPair = kHalf ? 0x64006400u : 0x43004300u;
+  static constexpr float kMagicValue = kHalf ? 1024.f : 128.f;
+  static constexpr int kMagicMaxBits = kHalf ? 10 : 7;
+};
+
+// (h - zm) * s on both halves of a register pair of T: the difference of two magic numbers is exact, the product
+// rounded once.
+template <typename T>
+__device__ __forceinline__ uint32_t sub_mul_pair(uint32_t h, uint32_t zm, uint32_t s) {
+  using Pair = typename PairedDecode<T>::Pair;
+  Pair a, b, c;  // (void* destinations: the pair types have user-defined assignment, but are plain bits)
+  memcpy(static_cast<void*>(&a), &h, 4);
+  memcpy(static_cast<void*>(&b), &zm, 4);
+  memcpy(static_cast<void*>(&c), &s, 4);
+  const Pair r = __hmul2(__hsub2(a, b), c);
+  uint32_t out;
+  memcpy(&out, &r, 4);
+  return out;
+}
 
 // Whether the 32 values of a block can be dequantized two at a time (dequantize_block_pairs): the values and
 // zero points must fit the magic number's mantissa (8-bit weights need fp16), and 3-bit values straddle words.
 template <typename T, int BITS>
-constexpr bool kPairedDecode = (BITS == 2 || BITS == 4 || BITS == 8) && BITS < MmaOps<T>::kMagicMaxBits;
+constexpr bool kPairedDecode = (BITS == 2 || BITS == 4 || BITS == 8) && BITS < PairedDecode<T>::kMagicMaxBits;
 
 // Dequantizes the 32 values of one block (its words w) to T, two per instruction: OR-ing two values into the
 // mantissas of a pair of magic numbers gives (magic + q) in both halves, subtracting zero_pair (magic + zero in
@@ -124,12 +122,12 @@ constexpr bool kPairedDecode = (BITS == 2 || BITS == 4 || BITS == 8) && BITS < M
 template <typename T, int BITS>
 __device__ __forceinline__ void dequantize_block_pairs(const uint32_t (&w)[BITS], uint32_t zero_pair,
                                                        uint32_t scale_pair, uint32_t (&out)[16]) {
-  using Ops = MmaOps<T>;
+  using Traits = PairedDecode<T>;
   if constexpr (BITS == 8) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {  // word i: values 4i..4i+3, one per byte
-      out[2 * i] = Ops::sub_mul2(__byte_perm(w[i], Ops::kMagicPair, 0x5150), zero_pair, scale_pair);
-      out[2 * i + 1] = Ops::sub_mul2(__byte_perm(w[i], Ops::kMagicPair, 0x5352), zero_pair, scale_pair);
+      out[2 * i] = sub_mul_pair<T>(__byte_perm(w[i], Traits::kMagicPair, 0x5150), zero_pair, scale_pair);
+      out[2 * i + 1] = sub_mul_pair<T>(__byte_perm(w[i], Traits::kMagicPair, 0x5352), zero_pair, scale_pair);
     }
   } else {
     constexpr int kPerWord = 32 / BITS;      // values per word: 8 (4-bit) or 16 (2-bit)
@@ -140,7 +138,7 @@ __device__ __forceinline__ void dequantize_block_pairs(const uint32_t (&w)[BITS]
       uint32_t d[kHalfSpan];
 #pragma unroll
       for (int sft = 0; sft < kHalfSpan; ++sft) {
-        d[sft] = Ops::sub_mul2(((w[i] >> (sft * BITS)) & kMask) | Ops::kMagicPair, zero_pair, scale_pair);
+        d[sft] = sub_mul_pair<T>(((w[i] >> (sft * BITS)) & kMask) | Traits::kMagicPair, zero_pair, scale_pair);
       }
 #pragma unroll
       for (int r = 0; r < kHalfSpan / 2; ++r) {
@@ -205,7 +203,7 @@ __global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const FusedGemmPa
   int current_group = -1;
   float scale = 0.f, zero = 0.f;  // zero holds kMagicFloat + zero point
   // The paired decode needs the scale exactly in T: scales stored in the activation dtype (the usual case).
-  const bool paired_decode = kPairedDecode<T, BITS> && p.scale_type == MmaOps<T>::kType;
+  const bool paired_decode = kPairedDecode<T, BITS> && p.scale_type == PairedDecode<T>::kType;
   uint32_t zero_pair = 0u, scale_pair = 0u;  // magic + zero point and the scale, in both halves of a T pair
   auto dequantize_tile = [&](int stage, int tile) {
     const int b = kb_begin + tile * kMmaTileBlocks + dq_blk;
@@ -225,8 +223,8 @@ __global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const FusedGemmPa
         scale = load_float(p.scales, static_cast<int64_t>(g) * p.n + dq_n, p.scale_type);
         zero = magic_zero<BITS>(p.qzeros, g, p.n, dq_n);
         if constexpr (kPairedDecode<T, BITS>) {
-          zero_pair = MmaOps<T>::pack2(zero - kMagicFloat + MmaOps<T>::kMagicValue,
-                                       zero - kMagicFloat + MmaOps<T>::kMagicValue);
+          zero_pair = MmaOps<T>::pack2(zero - kMagicFloat + PairedDecode<T>::kMagicValue,
+                                       zero - kMagicFloat + PairedDecode<T>::kMagicValue);
           scale_pair = MmaOps<T>::pack2(scale, scale);
         }
       }

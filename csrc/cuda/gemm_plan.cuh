@@ -12,6 +12,8 @@
 namespace gptq_kernels {
 namespace cuda {
 
+constexpr int64_t kDefaultMmaMinRows = 9;
+
 enum class GemmPath {
   kGemv,                // up to 8 rows (32 without the tensor-core kernel): gemv_kernel.cuh
   kMma,                 // up to 256 rows: the tensor-core kernel, gemm_mma_kernel.cuh
@@ -25,6 +27,9 @@ struct GemmProblem {
   bool x_aligned;         // x's base is 16-byte aligned and its row stride a multiple of 8 elements
   bool mma_available;     // sm_80 or later and not switched off with GPTQ_KERNELS_NO_MMA
   int64_t sms;            // streaming multiprocessors of the GPU
+  // Batches from this many rows take the tensor-core kernel when it is available (1..9; default 9, so the GEMV
+  // kernel keeps 1-8 rows). GPTQ_KERNELS_MMA_MIN_ROWS sets it, to compare the two kernels at small batches.
+  int64_t mma_min_rows = kDefaultMmaMinRows;
 };
 
 struct GemmPlan {

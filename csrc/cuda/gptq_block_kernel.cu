@@ -71,7 +71,9 @@ __global__ void __launch_bounds__(kGptqBlockThreads) gptq_block_kernel(const Gpt
 void launch_gptq_block(const GptqBlockParams& p, ScaleKind scale_kind, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.rows + kGptqBlockThreads - 1) / kGptqBlockThreads));
   switch (scale_kind) {
-    case ScaleKind::kHalf: GPTQ_LAUNCH(grid, kGptqBlockThreads, 0, stream, gptq_block_kernel<ScaleKind::kHalf>)(p); break;
+    case ScaleKind::kHalf:
+      GPTQ_LAUNCH(grid, kGptqBlockThreads, 0, stream, gptq_block_kernel<ScaleKind::kHalf>)(p);
+      break;
     case ScaleKind::kBFloat16:
       GPTQ_LAUNCH(grid, kGptqBlockThreads, 0, stream, gptq_block_kernel<ScaleKind::kBFloat16>)(p);
       break;

@@ -97,7 +97,8 @@ void launch_dequantize_bits(const DequantParams& p, FloatType out_type, void* ou
       GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, dequantize_kernel<BITS, __half>)(p, static_cast<__half*>(out));
       break;
     case FloatType::kBFloat16:
-      GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, dequantize_kernel<BITS, __nv_bfloat16>)(p, static_cast<__nv_bfloat16*>(out));
+      GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, dequantize_kernel<BITS, __nv_bfloat16>)(
+          p, static_cast<__nv_bfloat16*>(out));
       break;
     default:
       GPTQ_LAUNCH(grid, kLayoutThreads, 0, stream, dequantize_kernel<BITS, float>)(p, static_cast<float*>(out));

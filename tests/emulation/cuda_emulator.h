@@ -533,7 +533,9 @@ inline unsigned __float_as_uint(float f) {
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned selector) {
   const uint64_t bytes = static_cast<uint64_t>(y) << 32 | x;
   unsigned result = 0;
-  for (int i = 0; i < 4; ++i) result |= static_cast<unsigned>(bytes >> (8 * ((selector >> (4 * i)) & 7)) & 0xffu) << (8 * i);
+  for (int i = 0; i < 4; ++i) {
+    result |= static_cast<unsigned>(bytes >> (8 * ((selector >> (4 * i)) & 7)) & 0xffu) << (8 * i);
+  }
   return result;
 }
 inline int min(int a, int b) { return a < b ? a : b; }

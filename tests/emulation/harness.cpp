@@ -5,7 +5,8 @@
 // JOB_DIR/job.txt holds one "key value" per line (op, shapes, dtypes, emulator options); every array is a raw
 // little-endian file JOB_DIR/<name>.bin. The harness loads each array into its own heap block of exactly its
 // size (so AddressSanitizer catches any access past it), runs the op through the same launchers and plans as
-// the CUDA ops (csrc/cuda/gemm_fused.cu, layout_kernels.cu, gptq_block_kernel.cu, bcq_fused.cu), and writes the outputs to JOB_DIR/<name>.bin;
+// the CUDA ops (csrc/cuda/gemm_fused.cu, layout_kernels.cu, gptq_block_kernel.cu, bcq_fused.cu), and writes the
+// outputs to JOB_DIR/<name>.bin;
 // the plan of a gemm goes to JOB_DIR/plan.txt. Errors go to stderr with exit status 1.
 #include <cstdio>
 #include <fstream>
@@ -107,6 +108,53 @@ Buffer poisoned(size_t bytes) {
   return b;
 }
 
+// The arrays both fused gemm ops take besides their weights: x, bias, and the poisoned output and split-K workspace.
+struct FusedArrays {
+  Buffer x, bias, y, workspace;
+  FusedArrays(const Job& job, FloatType act, int64_t splits) : x(job.load("x")) {
+    const int64_t mn = job.num("m") * job.num("n");
+    if (job.has_array("bias")) bias = job.load("bias");
+    y = poisoned(static_cast<size_t>(mn) * float_bytes(act));
+    if (splits > 1) workspace = poisoned(static_cast<size_t>(splits * mn) * 4);
+  }
+};
+
+// The fields FusedGemmParams and BcqGemvParams share: x, the shapes, the output, the bias and the workspace.
+template <typename Params>
+void fill_shared_fields(Params& p, const Job& job, FusedArrays& a, int64_t blocks_per_cta) {
+  p.x = a.x.data.get();
+  p.ldx = job.num("ldx", job.num("k"));
+  p.m = static_cast<int>(job.num("m"));
+  p.k = static_cast<int>(job.num("k"));
+  p.n = static_cast<int>(job.num("n"));
+  p.blocks_per_cta = static_cast<int>(blocks_per_cta);
+  p.y = a.y.data.get();
+  p.bias = a.bias.bytes > 0 ? a.bias.data.get() : nullptr;
+  p.bias_type = float_type(job.str("bias_type", "float"));
+  p.workspace = a.workspace.as<float>();
+}
+
+// The quantized weight of a GPTQ op (qweight, qzeros, scales, optional g_idx) and its grouping.
+struct WeightArrays {
+  Buffer qweight, qzeros, scales, g_idx;
+  explicit WeightArrays(const Job& job)
+      : qweight(job.load("qweight")), qzeros(job.load("qzeros")), scales(job.load("scales")) {
+    if (job.has_array("g_idx")) g_idx = job.load("g_idx");
+  }
+};
+
+// The weight fields FusedGemmParams and DequantParams share.
+template <typename Params>
+void fill_weight_fields(Params& p, const Job& job, const WeightArrays& w) {
+  p.qweight = w.qweight.as<uint32_t>();
+  p.qzeros = w.qzeros.as<uint32_t>();
+  p.scales = w.scales.data.get();
+  p.scale_type = float_type(job.str("scale_type"));
+  p.g_idx = w.g_idx.bytes > 0 ? w.g_idx.as<int32_t>() : nullptr;
+  p.group_size = static_cast<int>(job.num("group_size"));
+  p.groups = static_cast<int>(job.num("groups"));
+}
+
 const char* path_name(GemmPath path) {
   switch (path) {
     case GemmPath::kGemv: return "gemv";
@@ -127,6 +175,7 @@ void run_gemm(const Job& job) {
   problem.x_aligned = job.num("x_aligned", 1) != 0;
   problem.mma_available = job.num("mma", 1) != 0;
   problem.sms = job.num("sms");
+  problem.mma_min_rows = job.num("mma_min_rows", kDefaultMmaMinRows);
   const GemmPlan plan = plan_gemm(problem);
   std::ostringstream text;
   text << "path " << path_name(plan.path) << "\nsplits " << plan.splits << "\nblocks_per_cta " << plan.blocks_per_cta
@@ -135,51 +184,25 @@ void run_gemm(const Job& job) {
   job.save_text("plan.txt", text.str());
   if (plan.path == GemmPath::kDequantizeThenGemm) return;
 
-  const Buffer x = job.load("x"), qweight = job.load("qweight"), qzeros = job.load("qzeros"), scales = job.load("scales");
-  const Buffer g_idx = job.has_array("g_idx") ? job.load("g_idx") : Buffer();
-  const Buffer bias = job.has_array("bias") ? job.load("bias") : Buffer();
-  Buffer y = poisoned(static_cast<size_t>(m * n) * float_bytes(act));
-  Buffer workspace = plan.splits > 1 ? poisoned(static_cast<size_t>(plan.splits * m * n) * 4) : Buffer();
-
+  const WeightArrays weight(job);
+  FusedArrays arrays(job, act, plan.splits);
   FusedGemmParams p{};
-  p.x = x.data.get();
-  p.ldx = job.num("ldx", k);
-  p.qweight = qweight.as<uint32_t>();
-  p.qzeros = qzeros.as<uint32_t>();
-  p.scales = scales.data.get();
-  p.scale_type = float_type(job.str("scale_type"));
-  p.g_idx = g_idx.bytes > 0 ? g_idx.as<int32_t>() : nullptr;
-  p.group_size = static_cast<int>(job.num("group_size"));
-  p.groups = static_cast<int>(job.num("groups"));
-  p.m = static_cast<int>(m);
-  p.k = static_cast<int>(k);
-  p.n = static_cast<int>(n);
-  p.blocks_per_cta = static_cast<int>(plan.blocks_per_cta);
-  p.y = y.data.get();
-  p.bias = bias.bytes > 0 ? bias.data.get() : nullptr;
-  p.bias_type = float_type(job.str("bias_type", "float"));
-  p.workspace = workspace.as<float>();
+  fill_shared_fields(p, job, arrays, plan.blocks_per_cta);
+  fill_weight_fields(p, job, weight);
   const ActType type = act == FloatType::kHalf ? ActType::kHalf : ActType::kBFloat16;
   if (launch_fused_gemm(plan, static_cast<int>(bits), p, type, nullptr) != cudaSuccess) {
     throw std::runtime_error("launch_fused_gemm failed");
   }
-  job.save("y", y);
+  job.save("y", arrays.y);
 }
 
 void run_dequantize(const Job& job) {
   const int64_t k = job.num("k"), n = job.num("n");
-  const Buffer qweight = job.load("qweight"), qzeros = job.load("qzeros"), scales = job.load("scales");
-  const Buffer g_idx = job.has_array("g_idx") ? job.load("g_idx") : Buffer();
+  const WeightArrays weight(job);
   const FloatType out_type = float_type(job.str("out_type"));
   Buffer out = poisoned(static_cast<size_t>(k * n) * float_bytes(out_type));
   DequantParams p{};
-  p.qweight = qweight.as<uint32_t>();
-  p.qzeros = qzeros.as<uint32_t>();
-  p.scales = scales.data.get();
-  p.scale_type = float_type(job.str("scale_type"));
-  p.g_idx = g_idx.bytes > 0 ? g_idx.as<int32_t>() : nullptr;
-  p.group_size = static_cast<int>(job.num("group_size"));
-  p.groups = static_cast<int>(job.num("groups"));
+  fill_weight_fields(p, job, weight);
   p.k = k;
   p.n = n;
   launch_dequantize(p, static_cast<int>(job.num("bits")), out_type, out.data.get(), nullptr);
@@ -223,13 +246,32 @@ void run_gptq_block(const Job& job) {
                           static_cast<int>(job.num("bits")), job.num("sym") != 0, fit,
                           fit ? job.num("group_size") : 1, job.num("column_offset")};
   const std::string kind = job.str("scale_dtype");
-  launch_gptq_block(p, kind == "half" ? ScaleKind::kHalf : kind == "bfloat16" ? ScaleKind::kBFloat16 : ScaleKind::kFloat,
-                    nullptr);
+  const ScaleKind scale_kind =
+      kind == "half" ? ScaleKind::kHalf : kind == "bfloat16" ? ScaleKind::kBFloat16 : ScaleKind::kFloat;
+  launch_gptq_block(p, scale_kind, nullptr);
   job.save("q", q);
   job.save("deq", deq);
   job.save("err", err);
   job.save("scale", scale);
   job.save("zero", zero);
+}
+
+// The binary-coded weight (qplanes, alpha, offset) and its grouping, for the two BCQ ops.
+struct BcqWeightArrays {
+  Buffer qplanes, alpha, offset;
+  explicit BcqWeightArrays(const Job& job)
+      : qplanes(job.load("qplanes")), alpha(job.load("alpha")), offset(job.load("offset")) {}
+};
+
+template <typename Params>
+void fill_bcq_weight_fields(Params& p, const Job& job, const BcqWeightArrays& w) {
+  p.qplanes = w.qplanes.as<uint32_t>();
+  p.alpha = w.alpha.data.get();
+  p.alpha_type = float_type(job.str("alpha_type"));
+  p.offset = w.offset.data.get();
+  p.offset_type = float_type(job.str("offset_type"));
+  p.group_size = static_cast<int>(job.num("group_size"));
+  p.groups = static_cast<int>(job.num("groups"));
 }
 
 // bcq_gemm's lookup-table path, planned as the CUDA op plans it (2 or 3 planes, groups on 32-input boundaries).
@@ -239,48 +281,25 @@ void run_bcq_gemm(const Job& job) {
   const BcqGemvPlan plan = plan_bcq_gemv(m, k, n, job.num("sms"));
   job.save_text("plan.txt", "splits " + std::to_string(plan.splits) + "\nrows_per_cta " +
                                 std::to_string(plan.rows_per_cta) + "\n");
-  const Buffer x = job.load("x"), qplanes = job.load("qplanes"), alpha = job.load("alpha"), offset = job.load("offset");
-  const Buffer bias = job.has_array("bias") ? job.load("bias") : Buffer();
-  Buffer y = poisoned(static_cast<size_t>(m * n) * float_bytes(act));
-  Buffer workspace = plan.splits > 1 ? poisoned(static_cast<size_t>(plan.splits * m * n) * 4) : Buffer();
+  const BcqWeightArrays weight(job);
+  FusedArrays arrays(job, act, plan.splits);
   BcqGemvParams p{};
-  p.x = x.data.get();
-  p.ldx = job.num("ldx", k);
-  p.qplanes = qplanes.as<uint32_t>();
-  p.alpha = alpha.data.get();
-  p.alpha_type = float_type(job.str("alpha_type"));
-  p.offset = offset.data.get();
-  p.offset_type = float_type(job.str("offset_type"));
-  p.group_size = static_cast<int>(job.num("group_size"));
-  p.groups = static_cast<int>(job.num("groups"));
-  p.m = static_cast<int>(m);
-  p.k = static_cast<int>(k);
-  p.n = static_cast<int>(n);
-  p.blocks_per_cta = static_cast<int>(plan.blocks_per_cta);
-  p.y = y.data.get();
-  p.bias = bias.bytes > 0 ? bias.data.get() : nullptr;
-  p.bias_type = float_type(job.str("bias_type", "float"));
-  p.workspace = workspace.as<float>();
+  fill_shared_fields(p, job, arrays, plan.blocks_per_cta);
+  fill_bcq_weight_fields(p, job, weight);
   if (launch_bcq_fused(plan, static_cast<int>(job.num("planes")), p, act, nullptr) != cudaSuccess) {
     throw std::runtime_error("launch_bcq_fused failed");
   }
-  job.save("y", y);
+  job.save("y", arrays.y);
 }
 
 void run_bcq_dequantize(const Job& job) {
   const int64_t k = job.num("k"), n = job.num("n");
-  const Buffer qplanes = job.load("qplanes"), alpha = job.load("alpha"), offset = job.load("offset");
+  const BcqWeightArrays weight(job);
   const FloatType out_type = float_type(job.str("out_type"));
   Buffer out = poisoned(static_cast<size_t>(k * n) * float_bytes(out_type));
   BcqDequantParams p{};
-  p.qplanes = qplanes.as<uint32_t>();
-  p.alpha = alpha.data.get();
-  p.alpha_type = float_type(job.str("alpha_type"));
-  p.offset = offset.data.get();
-  p.offset_type = float_type(job.str("offset_type"));
+  fill_bcq_weight_fields(p, job, weight);
   p.planes = static_cast<int>(job.num("planes"));
-  p.group_size = static_cast<int>(job.num("group_size"));
-  p.groups = static_cast<int>(job.num("groups"));
   p.k = k;
   p.n = n;
   launch_bcq_dequantize(p, out_type, out.data.get(), nullptr);
