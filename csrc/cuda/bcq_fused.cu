@@ -3,7 +3,7 @@
 #include <cstdint>
 
 #include "cuda/bcq.cuh"
-#include "cuda/splitk_reduce.cuh"
+#include "cuda/split_k.cuh"
 
 namespace gptq_kernels {
 namespace cuda {
@@ -13,8 +13,6 @@ namespace {
 // and gives each CTA at least one stage of K, so that building its tables stays small next to the lookups.
 constexpr int64_t kBcqCtasPerSm = 4;
 constexpr int64_t kBcqMinBlocksPerCta = kBcqStageBlocks;
-// Cap on the fp32 split-K partial sums [splits, M, N]: small enough to stay in L2 between the two kernels.
-constexpr int64_t kBcqMaxWorkspaceBytes = int64_t{8} << 20;
 
 }  // namespace
 
@@ -23,16 +21,11 @@ BcqGemvPlan plan_bcq_gemv(int64_t m, int64_t k, int64_t n, int64_t sms) {
   plan.rows_per_cta = m <= 1 ? 1 : m <= 2 ? 2 : kBcqMaxRowsPerCta;
   const int64_t row_tiles = (m + plan.rows_per_cta - 1) / plan.rows_per_cta;
   const int64_t col_tiles = (n + kBcqColumns - 1) / kBcqColumns;
-  const int64_t kblocks = k / core::kBlockValues;
-  // Split K until the grid has about kBcqCtasPerSm CTAs per SM, within the limits above; whole stages per CTA,
-  // and no CTA without work.
-  int64_t splits = std::max<int64_t>(1, (sms * kBcqCtasPerSm + row_tiles * col_tiles - 1) / (row_tiles * col_tiles));
-  splits = std::min(splits, std::max<int64_t>(1, kblocks / kBcqMinBlocksPerCta));
-  splits = std::min(splits, std::max<int64_t>(1, kBcqMaxWorkspaceBytes / (m * n * 4)));
-  int64_t blocks_per_cta = (kblocks + splits - 1) / splits;
-  blocks_per_cta = (blocks_per_cta + kBcqStageBlocks - 1) / kBcqStageBlocks * kBcqStageBlocks;
-  plan.blocks_per_cta = blocks_per_cta;
-  plan.splits = (kblocks + blocks_per_cta - 1) / blocks_per_cta;
+  // Whole stages per CTA.
+  const SplitK split = choose_split_k(row_tiles * col_tiles, k / core::kBlockValues, m, n, sms, kBcqCtasPerSm,
+                                      kBcqMinBlocksPerCta, kBcqStageBlocks);
+  plan.splits = split.splits;
+  plan.blocks_per_cta = split.blocks_per_cta;
   plan.grid = dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles),
                    static_cast<unsigned>(plan.splits));
   return plan;

@@ -6,7 +6,7 @@
 #include "cuda/gemm_mma.cuh"
 #include "cuda/gemm_plan.cuh"
 #include "cuda/gemv.cuh"
-#include "cuda/splitk_reduce.cuh"
+#include "cuda/split_k.cuh"
 
 namespace gptq_kernels {
 namespace cuda {
@@ -26,22 +26,14 @@ constexpr int64_t kMmaCtasPerSm = 3;
 // reduction; the tensor-core kernel's pipeline fill) stay small next to the weight stream.
 constexpr int64_t kGemvMinBlocksPerCta = 8;
 constexpr int64_t kMmaMinBlocksPerCta = 16;
-// Cap on the fp32 split-K partial sums [splits, M, N]: small enough to stay in L2 between the two kernels.
-constexpr int64_t kMaxWorkspaceBytes = int64_t{8} << 20;
 
-// Splits K until the grid has about ctas_per_sm CTAs per SM, within the limits above; sets plan.splits,
-// plan.blocks_per_cta (a multiple of block_multiple) and grid.z. No CTA is left without work.
+// Splits K as choose_split_k decides for the plan's output tiles; sets plan.splits, plan.blocks_per_cta and grid.z.
 void split_k(GemmPlan& plan, const GemmProblem& problem, int64_t ctas_per_sm, int64_t min_blocks_per_cta,
              int64_t block_multiple) {
-  const int64_t output_tiles = static_cast<int64_t>(plan.grid.x) * plan.grid.y;
-  const int64_t kblocks = problem.k / core::kBlockValues;
-  int64_t splits = std::max<int64_t>(1, (problem.sms * ctas_per_sm + output_tiles - 1) / output_tiles);
-  splits = std::min(splits, std::max<int64_t>(1, kblocks / min_blocks_per_cta));
-  splits = std::min(splits, std::max<int64_t>(1, kMaxWorkspaceBytes / (problem.m * problem.n * 4)));
-  int64_t blocks_per_cta = (kblocks + splits - 1) / splits;
-  blocks_per_cta = (blocks_per_cta + block_multiple - 1) / block_multiple * block_multiple;
-  plan.blocks_per_cta = blocks_per_cta;
-  plan.splits = (kblocks + blocks_per_cta - 1) / blocks_per_cta;
+  const SplitK split = choose_split_k(static_cast<int64_t>(plan.grid.x) * plan.grid.y, problem.k / core::kBlockValues,
+                                      problem.m, problem.n, problem.sms, ctas_per_sm, min_blocks_per_cta, block_multiple);
+  plan.splits = split.splits;
+  plan.blocks_per_cta = split.blocks_per_cta;
   plan.grid.z = static_cast<unsigned>(plan.splits);
 }
 

@@ -12,7 +12,7 @@
 //      against 4.5 in fp32, same results bit for bit); otherwise in fp32;
 //   3. each of the 4 warps multiplies the x tile by its 16 columns: MT x 2 mma per 16 rows of K.
 // Split-K and the epilogue work as in the GEMV kernel (gemv.cuh): with one K split the CTA writes y (+ bias),
-// otherwise fp32 partial sums into the workspace that splitk_reduce_kernel adds up.
+// otherwise fp32 partial sums into the workspace that splitk_reduce_kernel (split_k.cuh) adds up.
 //
 // Assumes: x rows 16-byte aligned (base and row stride), qweight 16-byte aligned, N a multiple of 32 (a
 // 64-column tile may be half outside N: those columns load zeros and are not written), K a multiple of 32 (a

@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const FusedGemmPa
         current_group = g;
         scale = load_float(p.scales, static_cast<int64_t>(g) * p.n + dq_n, p.scale_type);
         zero = magic_zero<BITS>(p.qzeros, g, p.n, dq_n);
-        if constexpr (kPairedDecode<T, BITS>) {
+        if (paired_decode) {
           zero_pair = MmaOps<T>::pack2(zero - kMagicFloat + PairedDecode<T>::kMagicValue,
                                        zero - kMagicFloat + PairedDecode<T>::kMagicValue);
           scale_pair = MmaOps<T>::pack2(scale, scale);

@@ -1,6 +1,6 @@
-// The second pass of split-K, shared by the fused GPTQ kernels (gemm_fused.cu) and the BCQ lookup-table kernel
-// (bcq_fused.cu): y = sum over splits of the fp32 partial sums (+ bias), added in a fixed order so that the
-// result does not depend on timing (no atomics).
+// Split-K, shared by the fused GPTQ kernels (gemm_fused.cu) and the BCQ lookup-table kernel (bcq_fused.cu): how
+// far to split K over CTAs, and the second pass, y = sum over splits of the fp32 partial sums (+ bias), added in a
+// fixed order so that the result does not depend on timing (no atomics).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -11,6 +11,27 @@
 
 namespace gptq_kernels {
 namespace cuda {
+
+// Cap on the fp32 split-K partial sums [splits, M, N]: small enough to stay in L2 between the two kernels.
+constexpr int64_t kMaxSplitkWorkspaceBytes = int64_t{8} << 20;
+
+struct SplitK {
+  int64_t splits;          // CTAs along K (grid.z)
+  int64_t blocks_per_cta;  // 32-row blocks of K per CTA, a multiple of block_multiple
+};
+
+// Splits the kblocks 32-row blocks of K until output_tiles x splits CTAs make about ctas_per_sm per SM, giving each
+// CTA at least min_blocks_per_cta blocks and keeping the workspace under kMaxSplitkWorkspaceBytes. No CTA is left
+// without work.
+inline SplitK choose_split_k(int64_t output_tiles, int64_t kblocks, int64_t m, int64_t n, int64_t sms,
+                             int64_t ctas_per_sm, int64_t min_blocks_per_cta, int64_t block_multiple) {
+  int64_t splits = std::max<int64_t>(1, (sms * ctas_per_sm + output_tiles - 1) / output_tiles);
+  splits = std::min(splits, std::max<int64_t>(1, kblocks / min_blocks_per_cta));
+  splits = std::min(splits, std::max<int64_t>(1, kMaxSplitkWorkspaceBytes / (m * n * 4)));
+  int64_t blocks_per_cta = (kblocks + splits - 1) / splits;
+  blocks_per_cta = (blocks_per_cta + block_multiple - 1) / block_multiple * block_multiple;
+  return {(kblocks + blocks_per_cta - 1) / blocks_per_cta, blocks_per_cta};
+}
 
 constexpr int kSplitkReduceThreads = 256;
 
