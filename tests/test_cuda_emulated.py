@@ -1,8 +1,8 @@
 """The CUDA kernels, run on the CPU emulator of tests/emulation, against the float64 reference.
 
 The kernel sources (csrc/cuda) are compiled with g++ on top of tests/emulation/cuda_emulator.h, which runs every
-CUDA thread as a fiber and emulates barriers, warp shuffles and votes, cp.async and mma.sync. The harness runs
-each op through the same plan and launchers as the CUDA op, so these tests cover the kernels' index maths,
+CUDA thread as a fiber and emulates barriers, warp shuffles and votes, cp.async, ldmatrix and mma.sync. The
+harness runs each op through the same plan and launchers as the CUDA op, so these tests cover the kernels' index maths,
 pipelines, split-K and edge cases on machines without a GPU; tests/test_cuda.py then checks the real thing on
 one. Built with AddressSanitizer and UBSan where the compiler has them: every access outside a tensor or outside
 shared memory fails the test, as compute-sanitizer's memcheck would on the GPU. The main cases run in two modes:
@@ -177,6 +177,20 @@ def test_emulator_catches_missing_barriers_and_waits(harness, tmp_path, mode):
     assert "lane 5 is named in a collective's mask but does not take part in it" in error
 
 
+def test_emulated_ldmatrix_yields_the_mma_a_fragment(harness, tmp_path):
+    # Addressed row = lane % 16, column = 8 * (lane // 16), the four 8x8 tiles of ldmatrix.x4 are the quadrants of
+    # a 16x16 A operand, in the register order of the m16n8k16 A fragment (PTX ISA): a0 = A[g][2t..2t+1],
+    # a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..] with g = lane // 4, t = lane % 4.
+    out = _read(run_harness(harness, tmp_path, "selftest", {}, case="ldmatrix") / "out.bin", torch.float32, (128,))
+    expected = []
+    for register in range(4):
+        for lane in range(32):
+            row = lane // 4 + 8 * (register % 2)
+            col = 2 * (lane % 4) + 8 * (register // 2)
+            expected.append(row * 16 + col + 256 * (row * 16 + col + 1))
+    assert out.tolist() == expected
+
+
 def test_emulator_reports_out_of_bounds_reads(harness, tmp_path):
     if "-fsanitize=address" not in (harness.parent / "flags.txt").read_text():
         pytest.skip("the compiler has no AddressSanitizer")
@@ -190,8 +204,8 @@ def test_emulator_reports_out_of_bounds_reads(harness, tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 def test_emulated_gemm_matches_float64_reference(harness, tmp_path, bits, dtype, mode):
     # K = 576 with groups of 128 ends in a partial group; N = 96 leaves a partial column tile in both kernels.
-    # Scales in the activation dtype take the tensor-core kernel's paired decode (2/4-bit, and 8-bit with fp16);
-    # fp16 scales under bf16 activations and fp32 scales take its fp32 decode.
+    # Scales of every dtype under both activation dtypes (the kernels apply them in fp32); 8-bit weights under
+    # bf16 take the tensor-core kernel's fp32 decode, all others its register decode.
     k, n = 576, 96
     for group_size, act_order, scale_dtype in ((128, False, dtype), (32, True, torch.float16), (-1, False, torch.float32)):
         sym = bool(torch.randint(0, 2, ()).item())

@@ -19,9 +19,8 @@ constexpr int64_t kGemvMaxRows = 32;
 // rows; cuBLAS reads an fp16 copy that first has to be written). To be tuned with benchmarks/bench_cuda.py.
 constexpr int64_t kMmaMaxRows = 256;
 // Split-K aims for this many CTAs per SM: GEMV, 4 x 128 threads x ~128 bytes of loads in flight each; the
-// tensor-core kernel, whose CTAs hold up to 61 KB of shared memory, 3.
+// tensor-core kernel, kMmaCtasPerSm (gemm_mma.cuh: its register budget; up to 53 KB of shared memory each).
 constexpr int64_t kGemvCtasPerSm = 4;
-constexpr int64_t kMmaCtasPerSm = 3;
 // Each CTA gets at least this many 32-row blocks of K, so its fixed costs (x staging and the cross-warp
 // reduction; the tensor-core kernel's pipeline fill) stay small next to the weight stream.
 constexpr int64_t kGemvMinBlocksPerCta = 8;
@@ -76,7 +75,7 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
     plan.path = GemmPath::kMma;
     plan.mma_tiles = m <= 16 ? 1 : m <= 32 ? 2 : 4;
     plan.grid = dim3(static_cast<unsigned>((m + 16 * plan.mma_tiles - 1) / (16 * plan.mma_tiles)),
-                     static_cast<unsigned>((problem.n + kMmaColumns - 1) / kMmaColumns));
+                     static_cast<unsigned>((problem.n + mma_columns(plan.mma_tiles) - 1) / mma_columns(plan.mma_tiles)));
     split_k(plan, problem, kMmaCtasPerSm, kMmaMinBlocksPerCta, kMmaTileBlocks);
   }
   return plan;

@@ -38,6 +38,19 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// ldmatrix.x4: four 8x8 tiles of 16-bit elements from shared memory, the A fragment of one m16n8k16 when the
+// tiles are its quadrants (lanes 8i..8i+7 give the row addresses of tile i; register i receives tile i).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+#elif defined(GPTQ_KERNELS_EMULATION)
+  ::gptq_emulation::ldmatrix_x4(r, row);
+#endif
+}
+
 // D += A * B for one m16n8k16 tile, and packing two floats into the 32-bit register of a fragment.
 // Fragment layouts (PTX ISA, "mma.m16n8k16"), with g = lane / 4 and t = lane % 4:
 //   A (16 x 16, row-major): a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
@@ -80,258 +93,375 @@ struct MmaOps<__nv_bfloat16> {
   }
 };
 
-// The paired decode (dequantize_block_pairs) per activation type: OR-ing q into the mantissa of the magic number
-// gives magic + q exactly while q < 2^kMagicMaxBits (fp16: 0x6400 | q is 1024 + q; bf16, 7 mantissa bits:
-// 0x4300 | q is 128 + q, so 2- and 4-bit weights only).
+// Dequantizing straight into B fragments. The thread with fragment coordinates (g, t) holds, for each 16-row
+// step of K, B[2t..2t+1][g] and B[2t+8..2t+9][g]: for the column of its fragment row g, the value pairs
+// (j, j + 1) with j = 16 KH + 8 E + 2t of a 32-row block (KH: which half of the block, E: which register). Each
+// pair becomes q - zero in one fp16x2/bf16x2 register: a byte permute and a mask put the two values into the
+// mantissas of a pair of magic numbers, the second value possibly shifted up (kHighShift bits: the permute moves
+// bytes, not bits), and one fused multiply-add removes the magic numbers, the shift and the zero point exactly:
+// (magic + 2^s q1) 2^-s - (magic 2^-s + zero) = q1 - zero. Three instructions per pair, plus a shift or a word
+// select for some bit widths (SASS of the 4-bit fp16 kernel: PRMT, LOP3, HFMA2). The scale is applied to the fp32 accumulators when the group changes, as in the GEMV kernel, so the
+// products x (q - zero) are exact and the scales may have any dtype. Needs q < 2^kMantissaBits: 8-bit weights
+// under bf16 decode in fp32 instead.
 template <typename T>
-struct PairedDecode {
+struct MagicPair {
   static constexpr bool kHalf = std::is_same<T, __half>::value;  // else bf16
   using Pair = std::conditional_t<kHalf, __half2, __nv_bfloat162>;
-  static constexpr FloatType kType = kHalf ? FloatType::kHalf : FloatType::kBFloat16;
-  static constexpr uint32_t kMagicPair = kHalf ? 0x64006400u : 0x43004300u;
-  static constexpr float kMagicValue = kHalf ? 1024.f : 128.f;
-  static constexpr int kMagicMaxBits = kHalf ? 10 : 7;
+  // fp16 0x6400 | q = 1024 + q for q < 2^10; bf16 (7 mantissa bits) 0x4300 | q = 128 + q for q < 2^7.
+  static constexpr uint32_t kBits = kHalf ? 0x64006400u : 0x43004300u;
+  static constexpr float kValue = kHalf ? 1024.f : 128.f;
+  static constexpr int kMantissaBits = kHalf ? 10 : 7;
 };
 
-// (h - zm) * s on both halves of a register pair of T: the difference of two magic numbers is exact, the product
-// rounded once.
-template <typename T>
-__device__ __forceinline__ uint32_t sub_mul_pair(uint32_t h, uint32_t zm, uint32_t s) {
-  using Pair = typename PairedDecode<T>::Pair;
-  Pair a, b, c;  // (void* destinations: the pair types have user-defined assignment, but are plain bits)
-  memcpy(static_cast<void*>(&a), &h, 4);
-  memcpy(static_cast<void*>(&b), &zm, 4);
-  memcpy(static_cast<void*>(&c), &s, 4);
-  const Pair r = __hmul2(__hsub2(a, b), c);
-  uint32_t out;
-  memcpy(&out, &r, 4);
-  return out;
+// (a & mask) | bits as one LOP3: given two constants, ptxas emits an AND and an OR (one immediate each).
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(a), "r"(mask), "r"(bits));  // 0xea: (a & b) | c
+  return r;
+#else
+  return (a & mask) | bits;
+#endif
 }
 
-// Whether the 32 values of a block can be dequantized two at a time (dequantize_block_pairs): the values and
-// zero points must fit the magic number's mantissa (8-bit weights need fp16), and 3-bit values straddle words.
 template <typename T, int BITS>
-constexpr bool kPairedDecode = (BITS == 2 || BITS == 4 || BITS == 8) && BITS < PairedDecode<T>::kMagicMaxBits;
+struct FragmentDecode {
+  using Magic = MagicPair<T>;
+  // Whether the register decode applies: 8-bit values need more than bf16's 7 mantissa bits.
+  static constexpr bool kAvailable = BITS != 8 || Magic::kHalf;
+  // How far up the second value of a pair sits in its half. 4-bit bf16 cannot hold 16 q1 (<= 240) in 7 mantissa
+  // bits, so it pays one shift per word to bring q1 down instead.
+  static constexpr int kHighShift = BITS == 8 ? 0 : (BITS == 4 && !Magic::kHalf) ? 0 : BITS;
+  static_assert(BITS + kHighShift <= Magic::kMantissaBits || BITS == 8, "q1 must fit the magic mantissa");
 
-// Dequantizes the 32 values of one block (its words w) to T, two per instruction: OR-ing two values into the
-// mantissas of a pair of magic numbers gives (magic + q) in both halves, subtracting zero_pair (magic + zero in
-// both halves) is exact, and the product with scale_pair (the group's scale, a T already) is rounded once: bit for
-// bit the values of the fp32 path (scale * (q - zero) rounded once). A 4-bit word yields the pairs (j, j + 4), a
-// 2-bit word (j, j + 8); one byte permute per pair regroups them into neighbours. 8-bit bytes land in
-// neighbouring halves directly. out[i] holds values 2i (low half) and 2i + 1.
-template <typename T, int BITS>
-__device__ __forceinline__ void dequantize_block_pairs(const uint32_t (&w)[BITS], uint32_t zero_pair,
-                                                       uint32_t scale_pair, uint32_t (&out)[16]) {
-  using Traits = PairedDecode<T>;
-  if constexpr (BITS == 8) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {  // word i: values 4i..4i+3, one per byte
-      out[2 * i] = sub_mul_pair<T>(__byte_perm(w[i], Traits::kMagicPair, 0x5150), zero_pair, scale_pair);
-      out[2 * i + 1] = sub_mul_pair<T>(__byte_perm(w[i], Traits::kMagicPair, 0x5352), zero_pair, scale_pair);
-    }
-  } else {
-    constexpr int kPerWord = 32 / BITS;      // values per word: 8 (4-bit) or 16 (2-bit)
-    constexpr int kHalfSpan = kPerWord / 2;  // one extraction yields values s and s + kHalfSpan
-    constexpr uint32_t kMask = ((1u << BITS) - 1u) * 0x00010001u;
-#pragma unroll
-    for (int i = 0; i < BITS; ++i) {
-      uint32_t d[kHalfSpan];
-#pragma unroll
-      for (int sft = 0; sft < kHalfSpan; ++sft) {
-        d[sft] = sub_mul_pair<T>(((w[i] >> (sft * BITS)) & kMask) | Traits::kMagicPair, zero_pair, scale_pair);
-      }
-#pragma unroll
-      for (int r = 0; r < kHalfSpan / 2; ++r) {
-        out[i * kHalfSpan + r] = __byte_perm(d[2 * r], d[2 * r + 1], 0x5410);                   // low halves
-        out[i * kHalfSpan + kHalfSpan / 2 + r] = __byte_perm(d[2 * r], d[2 * r + 1], 0x7632);  // high halves
-      }
+  uint32_t selector;  // byte permute selecting this lane's bytes (4- and 8-bit)
+  int t;              // fragment column t = lane % 4
+
+  __device__ __forceinline__ explicit FragmentDecode(int lane_t) : t(lane_t) {
+    if constexpr (BITS == 4) {
+      // fp16: byte t of the word into all four bytes (q0 in bits 0-3, q1 in bits 20-23 after the mask);
+      // bf16: byte t of the word and byte t of the word shifted down 4 bits into bytes 0 and 2.
+      selector = Magic::kHalf ? 0x1111u * static_cast<uint32_t>(t) : static_cast<uint32_t>(t) | (t + 4u) << 8;
+    } else if constexpr (BITS == 8) {
+      // Bytes 2(t % 2) and 2(t % 2) + 1 of the word into bytes 0 and 2, magic bytes 0x64 (byte 5) above them.
+      selector = (t % 2) ? 0x7352u : 0x7150u;
+    } else {
+      selector = 0u;
     }
   }
-}
+
+  // Pair (j, j + 1), j = 16 KH + 8 E + 2t, of the block in w, as magic + q0 (low half) and
+  // magic + 2^kHighShift q1 (high half).
+  template <int KH, int E>
+  __device__ __forceinline__ uint32_t magic_pair(const uint32_t (&w)[BITS]) const {
+    constexpr uint32_t kValueMask = (1u << BITS) - 1u;
+    constexpr uint32_t kMask = kValueMask | (kValueMask << kHighShift) << 16;
+    if constexpr (BITS == 2) {
+      // Word KH holds values 16 KH..16 KH + 15; the pair's 4 bits are at 16 E + 4t.
+      const uint32_t v = w[KH] >> (4 * t);
+      return and_or(__byte_perm(v, 0u, E ? 0x3232u : 0x1010u), kMask, Magic::kBits);
+    } else if constexpr (BITS == 4) {
+      // Word 2 KH + E holds values 16 KH + 8 E..+7; the pair is its byte t.
+      const uint32_t word = w[2 * KH + E];
+      const uint32_t second = Magic::kHalf ? word : word >> 4;
+      return and_or(__byte_perm(word, second, selector), kMask, Magic::kBits);
+    } else if constexpr (BITS == 8) {
+      // Words 4 KH + 2 E and the next hold values 16 KH + 8 E..+7; the pair is in the first for t < 2.
+      const uint32_t word = t >= 2 ? w[4 * KH + 2 * E + 1] : w[4 * KH + 2 * E];
+      return __byte_perm(word, Magic::kBits, selector);
+    } else {
+      // 3-bit: the pair's 6 bits start at stream bit o = 48 KH + 24 E + 6t, in word o / 32, which is the first
+      // candidate word c or (for larger t) the next; a pair that straddles two words takes the funnel shift.
+      constexpr int kBase = 48 * KH + 24 * E, kWord = kBase / 32;
+      const int o = kBase + 6 * t;
+      const bool next = o / 32 > kWord;
+      const uint32_t lo = next ? w[kWord + 1 < BITS ? kWord + 1 : BITS - 1] : w[kWord];
+      const uint32_t hi = next ? w[kWord + 2 < BITS ? kWord + 2 : BITS - 1] : w[kWord + 1 < BITS ? kWord + 1 : BITS - 1];
+      const uint32_t v = __funnelshift_r(lo, hi, static_cast<unsigned>(o % 32));
+      return and_or(__byte_perm(v, 0u, 0x1010u), kMask, Magic::kBits);
+    }
+  }
+
+  // q - zero for both values of the pair, exactly, in T: pair * multiplier + offset with multiplier =
+  // (1, 2^-kHighShift) and offset = (-(magic + zero), -(magic 2^-kHighShift + zero)), built per group.
+  template <int KH, int E>
+  __device__ __forceinline__ uint32_t decode(const uint32_t (&w)[BITS], uint32_t multiplier, uint32_t offset) const {
+    using Pair = typename Magic::Pair;
+    const uint32_t h = magic_pair<KH, E>(w);
+    Pair a, m, c;  // (void* destinations: the pair types have user-defined assignment, but are plain bits)
+    memcpy(static_cast<void*>(&a), &h, 4);
+    memcpy(static_cast<void*>(&m), &multiplier, 4);
+    memcpy(static_cast<void*>(&c), &offset, 4);
+    const Pair r = __hfma2(a, m, c);
+    uint32_t out;
+    memcpy(&out, &r, 4);
+    return out;
+  }
+};
 
 template <typename T, int BITS, int MT>
-__global__ void __launch_bounds__(kMmaThreads) gemm_mma_kernel(const FusedGemmParams p) {
+__global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(const FusedGemmParams p) {
   constexpr int BM = 16 * MT;
-  constexpr int kPackedRows = kMmaTileBlocks * BITS;          // packed words per column per K tile
+  constexpr int NT = mma_n8_tiles(MT);                         // n8 tiles per warp
+  constexpr int BN = mma_columns(MT);                          // columns per CTA: kMmaWarps * 8 * NT
+  constexpr int kPackedRows = kMmaTileBlocks * BITS;           // packed words per column per K tile
   constexpr int kXStageElems = BM * kMmaRowStride;             // x tile [BM][72]
-  constexpr int kWStageWords = kPackedRows * kMmaColumns;      // packed tile [2 * BITS][64]
+  constexpr int kWStageWords = kPackedRows * BN;               // packed tile [2 * BITS][BN]
   constexpr int kXChunksPerRow = kMmaTileK * 2 / 16;           // 16-byte chunks per x tile row: 8
-  constexpr int kWChunksPerRow = kMmaColumns * 4 / 16;         // 16-byte chunks per packed row: 16
+  constexpr int kWChunksPerRow = BN * 4 / 16;                  // 16-byte chunks per packed row
   constexpr unsigned kFullMask = 0xffffffffu;
-  static_assert(kMmaThreads == kMmaTileBlocks * kMmaColumns, "one thread dequantizes one block of one column");
-  static_assert(kMmaWarps * 16 == kMmaColumns, "each warp owns 16 columns (two n8 tiles)");
+  using Decode = FragmentDecode<T, BITS>;
 
   unsigned char* smem_raw = dynamic_shared_memory();
   T* xs = reinterpret_cast<T*>(smem_raw);                                     // [stages][BM][72]
-  uint32_t* ws = reinterpret_cast<uint32_t*>(xs + kMmaStages * kXStageElems);  // [stages][2 * BITS][64]
-  T* bs = reinterpret_cast<T*>(ws + kMmaStages * kWStageWords);                // W^T tile [64 columns][72]
+  uint32_t* ws = reinterpret_cast<uint32_t*>(xs + kMmaStages * kXStageElems);  // [stages][2 * BITS][BN]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int row0 = blockIdx.x * BM;
-  const int n_tile = blockIdx.y * kMmaColumns;
+  const int n_tile = blockIdx.y * BN;
   const int kblocks = p.k / core::kBlockValues;
   const int kb_begin = blockIdx.z * p.blocks_per_cta;
   const int kb_end = min(kb_begin + p.blocks_per_cta, kblocks);
   const int tiles = (kb_end - kb_begin + kMmaTileBlocks - 1) / kMmaTileBlocks;
   const T* x = static_cast<const T*>(p.x);
 
-  // Issues the copies of K tile `tile` into stage `stage`. Rows of x past M, K past this CTA's range and
-  // columns past N are zero-filled (nothing is read for them).
+  // The copies of the K tiles. Each thread copies the same 16-byte chunks of every tile (compile-time counts),
+  // so their addresses are computed once here and advance by one tile per load. Rows of x past M, blocks past
+  // this CTA's K range and columns past N are zero-filled (nothing is read for them).
+  constexpr int kXCopies = BM * kXChunksPerRow / kMmaThreads;  // MT
+  constexpr int kWChunks = kPackedRows * kWChunksPerRow;
+  constexpr int kWCopies = (kWChunks + kMmaThreads - 1) / kMmaThreads;
+  static_assert(kXCopies * kMmaThreads == BM * kXChunksPerRow, "x tile chunks must spread evenly");
+  const T* x_src[kXCopies];
+  int x_dst[kXCopies], x_block[kXCopies];  // smem offset in a stage, block of the K tile
+  bool x_row[kXCopies];                    // row of x inside M
+#pragma unroll
+  for (int i = 0; i < kXCopies; ++i) {
+    const int c = tid + i * kMmaThreads, r = c / kXChunksPerRow, kc = c % kXChunksPerRow;
+    x_row[i] = row0 + r < p.m;
+    x_src[i] = x + static_cast<int64_t>(x_row[i] ? row0 + r : 0) * p.ldx +
+               static_cast<int64_t>(kb_begin) * core::kBlockValues + kc * 8;
+    x_dst[i] = r * kMmaRowStride + kc * 8;
+    x_block[i] = kc * 8 / core::kBlockValues;
+  }
+  const uint32_t* w_src[kWCopies];
+  int w_dst[kWCopies], w_block[kWCopies];
+  bool w_column[kWCopies];  // chunk inside N (and, for 3-bit, a chunk at all)
+  const int64_t w_tile_stride = static_cast<int64_t>(kMmaTileBlocks) * BITS * p.n;
+#pragma unroll
+  for (int i = 0; i < kWCopies; ++i) {
+    const int c = tid + i * kMmaThreads, r = c / kWChunksPerRow, nc = c % kWChunksPerRow;
+    w_column[i] = c < kWChunks && n_tile + nc * 4 < p.n;
+    w_src[i] = p.qweight + (w_column[i] ? (static_cast<int64_t>(kb_begin) * BITS + r) * p.n + n_tile + nc * 4 : 0);
+    w_dst[i] = r * BN + nc * 4;
+    w_block[i] = r / BITS;
+  }
+  // Issues the copies of the next K tile (tiles are loaded in order) into stage `stage`; `tile` is its index.
   auto load_tile = [&](int stage, int tile) {
-    const int kb0 = kb_begin + tile * kMmaTileBlocks;
-    T* x_dst = xs + stage * kXStageElems;
-    for (int c = tid; c < BM * kXChunksPerRow; c += kMmaThreads) {
-      const int r = c / kXChunksPerRow, kc = c % kXChunksPerRow;
-      const int64_t k = static_cast<int64_t>(kb0) * core::kBlockValues + kc * 8;
-      const bool valid = row0 + r < p.m && k < static_cast<int64_t>(kb_end) * core::kBlockValues;
-      cp_async_16(x_dst + r * kMmaRowStride + kc * 8, valid ? x + (row0 + r) * p.ldx + k : x, valid);
+    const int blocks = kb_end - kb_begin - tile * kMmaTileBlocks;  // valid blocks of the tile: 1 or 2
+#pragma unroll
+    for (int i = 0; i < kXCopies; ++i) {
+      const bool valid = x_row[i] && x_block[i] < blocks;
+      cp_async_16(xs + stage * kXStageElems + x_dst[i], valid ? x_src[i] : x, valid);
+      x_src[i] += kMmaTileK;
     }
-    uint32_t* w_dst = ws + stage * kWStageWords;
-    for (int c = tid; c < kPackedRows * kWChunksPerRow; c += kMmaThreads) {
-      const int r = c / kWChunksPerRow, nc = c % kWChunksPerRow;
-      const int n = n_tile + nc * 4;
-      const bool valid = n < p.n && kb0 + r / BITS < kb_end;
-      cp_async_16(w_dst + r * kMmaColumns + nc * 4,
-                  valid ? p.qweight + (static_cast<int64_t>(kb0) * BITS + r) * p.n + n : p.qweight, valid);
+#pragma unroll
+    for (int i = 0; i < kWCopies; ++i) {
+      if (kWChunks % kMmaThreads != 0 && tid + i * kMmaThreads >= kWChunks) break;
+      const bool valid = w_column[i] && w_block[i] < blocks;
+      cp_async_16(ws + stage * kWStageWords + w_dst[i], valid ? w_src[i] : p.qweight, valid);
+      w_src[i] += w_tile_stride;
     }
   };
 
-  // Thread tid dequantizes block dq_blk of the K tile for column dq_col: warps 0-1 take the first block, warps
-  // 2-3 the second, so each warp's 32 rows share one group test.
-  const int dq_col = tid % kMmaColumns, dq_blk = tid / kMmaColumns;
-  const int dq_n = min(n_tile + dq_col, p.n - 1);  // columns past N use a valid column's scale; never written
+  const int fg = lane / 4, ft = lane % 4;  // fragment coordinates (see MmaOps)
+  const int warp_n = n_tile + warp * 8 * NT;
+  // This thread's columns: of its B fragments (row g of each n8 tile: zero points) and of its accumulators
+  // (2t and 2t + 1: scales). Columns past N (zero-filled words) use a valid column's; they are never written.
+  int b_column[NT], d_column[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    b_column[nt] = min(warp_n + nt * 8 + fg, p.n - 1);
+    d_column[nt] = min(warp_n + nt * 8 + 2 * ft, p.n - 2);
+  }
+  const Decode decoder(ft);
+  const uint32_t multiplier = MmaOps<T>::pack2(1.f, 1.f / static_cast<float>(1 << Decode::kHighShift));
   int current_group = -1;
-  float scale = 0.f, zero = 0.f;  // zero holds kMagicFloat + zero point
-  // The paired decode needs the scale exactly in T: scales stored in the activation dtype (the usual case).
-  const bool paired_decode = kPairedDecode<T, BITS> && p.scale_type == PairedDecode<T>::kType;
-  uint32_t zero_pair = 0u, scale_pair = 0u;  // magic + zero point and the scale, in both halves of a T pair
-  auto dequantize_tile = [&](int stage, int tile) {
-    const int b = kb_begin + tile * kMmaTileBlocks + dq_blk;
-    T* dst = bs + dq_col * kMmaRowStride + dq_blk * core::kBlockValues;
-    if (b >= kb_end) {  // warp-uniform. x is zero there, but stale W^T values could be Inf or NaN: write zeros
-#pragma unroll
-      for (int i = 0; i < 4; ++i) reinterpret_cast<uint4*>(dst)[i] = make_uint4(0u, 0u, 0u, 0u);
-      return;
-    }
-    const uint32_t* src = ws + stage * kWStageWords + dq_blk * BITS * kMmaColumns + dq_col;
-    const int lane_group = group_at(p.g_idx, static_cast<int64_t>(b) * core::kBlockValues + lane, p.group_size,
-                                    p.groups);
-    const int g = __shfl_sync(kFullMask, lane_group, 0);
-    if (__all_sync(kFullMask, lane_group == g)) {
-      if (g != current_group) {
-        current_group = g;
-        scale = load_float(p.scales, static_cast<int64_t>(g) * p.n + dq_n, p.scale_type);
-        zero = magic_zero<BITS>(p.qzeros, g, p.n, dq_n);
-        if (paired_decode) {
-          zero_pair = MmaOps<T>::pack2(zero - kMagicFloat + PairedDecode<T>::kMagicValue,
-                                       zero - kMagicFloat + PairedDecode<T>::kMagicValue);
-          scale_pair = MmaOps<T>::pack2(scale, scale);
-        }
-      }
-      uint32_t w[BITS];
-#pragma unroll
-      for (int i = 0; i < BITS; ++i) w[i] = src[i * kMmaColumns];
-      if constexpr (kPairedDecode<T, BITS>) {
-        if (paired_decode) {
-          uint32_t out[16];
-          dequantize_block_pairs<T, BITS>(w, zero_pair, scale_pair, out);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            reinterpret_cast<uint4*>(dst)[i] = make_uint4(out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
-          }
-          return;
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        uint32_t packed[4];
-#pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          const int j = i * 8 + h * 2;
-          packed[h] = MmaOps<T>::pack2((magic_float(decode<BITS>(w, j)) - zero) * scale,
-                                       (magic_float(decode<BITS>(w, j + 1)) - zero) * scale);
-        }
-        reinterpret_cast<uint4*>(dst)[i] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
-      }
-    } else {
-      // Rows of different groups (unsorted act-order g_idx, group sizes not a multiple of 32): look each up.
-#pragma unroll 1
-      for (int j = 0; j < core::kBlockValues; ++j) {
-        const int gj = __shfl_sync(kFullMask, lane_group, j);
-        const float s = load_float(p.scales, static_cast<int64_t>(gj) * p.n + dq_n, p.scale_type);
-        const float z = magic_zero<BITS>(p.qzeros, gj, p.n, dq_n);
-        dst[j] = FloatConvert<T>::from_float((magic_float(core::extract(src, kMmaColumns, j, BITS)) - z) * s);
-      }
-    }
-  };
-
-  float acc[MT][2][4];
+  float2 scale[NT];        // the current group's scales of columns d_column, d_column + 1
+  float zero[NT];          // kMagicFloat + the current group's zero point of column b_column (fp32 decode)
+  uint32_t offset[NT];     // the register decode's offset pair for that zero point (FragmentDecode::decode)
+  float acc[MT][NT][4];    // sum of x (q - zero) within the current group
+  float out[MT][NT][4];    // sum over finished groups of scale * acc, plus the blocks that mix groups
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = out[mt][nt][i] = 0.f;
     }
   }
-  const int fg = lane / 4, ft = lane % 4;  // fragment coordinates (see MmaOps)
-  auto mma_tile = [&](int stage) {
-    const T* xa = xs + stage * kXStageElems;
-    const T* wb = bs + warp * 16 * kMmaRowStride;
+  // out += scale * acc, acc = 0: at the end of each group.
+  auto finish_group = [&]() {
 #pragma unroll
-    for (int ks = 0; ks < kMmaTileK / 16; ++ks) {
-      uint32_t b[2][2];
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        const T* bp = wb + (nt * 8 + fg) * kMmaRowStride + ks * 16 + 2 * ft;
-        b[nt][0] = *reinterpret_cast<const uint32_t*>(bp);
-        b[nt][1] = *reinterpret_cast<const uint32_t*>(bp + 8);
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          out[mt][nt][i] = fmaf(i % 2 ? scale[nt].y : scale[nt].x, acc[mt][nt][i], out[mt][nt][i]);
+          acc[mt][nt][i] = 0.f;
+        }
       }
+    }
+  };
+  // target += x tile (block blk of the K tile in `stage`) x the block's B fragments.
+  auto multiply = [&](int stage, int blk, const uint32_t (&frag)[2][NT][2], float (&target)[MT][NT][4]) {
+    const T* xa = xs + stage * kXStageElems;
+#pragma unroll
+    for (int kh = 0; kh < 2; ++kh) {
+      const int k0 = (blk * 2 + kh) * 16;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        const T* ap = xa + (mt * 16 + fg) * kMmaRowStride + ks * 16 + 2 * ft;
-        const uint32_t a[4] = {*reinterpret_cast<const uint32_t*>(ap),
-                               *reinterpret_cast<const uint32_t*>(ap + 8 * kMmaRowStride),
-                               *reinterpret_cast<const uint32_t*>(ap + 8),
-                               *reinterpret_cast<const uint32_t*>(ap + 8 * kMmaRowStride + 8)};
+        // Lanes 8i..8i+7 address the rows of 8x8 matrix i: rows 0-7 / 8-15 (i odd), columns 0-7 / 8-15 (i >= 2).
+        uint32_t a[4];
+        ldmatrix_x4(a, xa + (mt * 16 + (lane / 8 % 2) * 8 + lane % 8) * kMmaRowStride + k0 + (lane / 16) * 8);
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) MmaOps<T>::mma(acc[mt][nt], a, b[nt][0], b[nt][1]);
+        for (int nt = 0; nt < NT; ++nt) MmaOps<T>::mma(target[mt][nt], a, frag[kh][nt][0], frag[kh][nt][1]);
       }
     }
   };
 
-  // Multistage pipeline: tile t + kMmaStages - 1 is requested while tile t is dequantized and multiplied. One
-  // copy group is committed per iteration (empty near the end) so that wait_group counts stay uniform.
+  // Block `blk` of the K tile in `stage`: decodes the warp's B fragments straight from the packed words in shared
+  // memory and multiplies them with the x tile. lane_group: the group of row `lane` of the block.
+  auto multiply_block = [&](int stage, int blk, int lane_group) {
+    const uint32_t* words = ws + stage * kWStageWords + blk * BITS * BN + warp * 8 * NT + fg;  // + 8 nt
+    const int g = __shfl_sync(kFullMask, lane_group, 0);
+    uint32_t frag[2][NT][2];  // [16-row step][n8 tile][register]
+    if (__all_sync(kFullMask, lane_group == g)) {
+      if (g != current_group) {
+        if (current_group >= 0) finish_group();
+        current_group = g;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int64_t row = static_cast<int64_t>(g) * p.n;
+          scale[nt] = make_float2(load_float(p.scales, row + d_column[nt], p.scale_type),
+                                  load_float(p.scales, row + d_column[nt] + 1, p.scale_type));
+          zero[nt] = magic_zero<BITS>(p.qzeros, g, p.n, b_column[nt]);
+          const float z = zero[nt] - kMagicFloat;
+          offset[nt] = MmaOps<T>::pack2(-(MagicPair<T>::kValue + z),
+                                        -(MagicPair<T>::kValue / static_cast<float>(1 << Decode::kHighShift) + z));
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        if constexpr (Decode::kAvailable) {
+          uint32_t w[BITS];
+#pragma unroll
+          for (int i = 0; i < BITS; ++i) w[i] = words[nt * 8 + i * BN];
+          frag[0][nt][0] = decoder.template decode<0, 0>(w, multiplier, offset[nt]);
+          frag[0][nt][1] = decoder.template decode<0, 1>(w, multiplier, offset[nt]);
+          frag[1][nt][0] = decoder.template decode<1, 0>(w, multiplier, offset[nt]);
+          frag[1][nt][1] = decoder.template decode<1, 1>(w, multiplier, offset[nt]);
+        } else {  // 8-bit weights under bf16: q - zero in fp32 (exact: |q - zero| < 2^8), then to bf16 (exact too)
+#pragma unroll
+          for (int kh = 0; kh < 2; ++kh) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int j = 16 * kh + 8 * e + 2 * ft;
+              const uint32_t* column = words + nt * 8;
+              frag[kh][nt][e] = MmaOps<T>::pack2(magic_float(core::extract(column, BN, j, BITS)) - zero[nt],
+                                                 magic_float(core::extract(column, BN, j + 1, BITS)) - zero[nt]);
+            }
+          }
+        }
+      }
+      multiply(stage, blk, frag, acc);
+    } else {
+      // Rows of different groups (unsorted act-order g_idx, group sizes not a multiple of 32): each value looks
+      // its group up (lane r of the warp holds the group of row r of the block) and is dequantized with its
+      // scale, rounded once to T, into `out`. A rolled loop over the pairs keeps the registers of this rare path
+      // from raising the kernel's register count.
+#pragma unroll 1
+      for (int i = 0; i < 4 * NT; ++i) {
+        const int kh = i / (2 * NT), nt = i / 2 % NT, e = i % 2;
+        int n = b_column[0];
+#pragma unroll
+        for (int c = 1; c < NT; ++c) n = nt == c ? b_column[c] : n;  // register indices must be compile-time
+        float v[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int j = 16 * kh + 8 * e + 2 * ft + h;
+          const int gj = __shfl_sync(kFullMask, lane_group, j);
+          const float s = load_float(p.scales, static_cast<int64_t>(gj) * p.n + n, p.scale_type);
+          const float z = magic_zero<BITS>(p.qzeros, gj, p.n, n);
+          v[h] = (magic_float(core::extract(words + nt * 8, BN, j, BITS)) - z) * s;
+        }
+        const uint32_t pair = MmaOps<T>::pack2(v[0], v[1]);
+#pragma unroll
+        for (int d = 0; d < 4 * NT; ++d) {
+          if (d == i) frag[d / (2 * NT)][d / 2 % NT][d % 2] = pair;
+        }
+      }
+      multiply(stage, blk, frag, out);
+    }
+  };
+
+  // The group of row `lane` of each block of a K tile: read from g_idx a tile ahead (the load's latency hides
+  // behind a tile of work), or counted forward without g_idx (tiles are visited in order).
+  GroupCursor cursor(static_cast<int64_t>(kb_begin) * core::kBlockValues + lane, p.group_size, p.groups);
+  auto tile_groups = [&](int tile, int (&groups)[kMmaTileBlocks]) {
+#pragma unroll
+    for (int blk = 0; blk < kMmaTileBlocks; ++blk) {
+      const int b = kb_begin + tile * kMmaTileBlocks + blk;
+      const int64_t row = static_cast<int64_t>(b) * core::kBlockValues + lane;
+      if (p.g_idx == nullptr) {
+        groups[blk] = cursor.at(row);
+      } else {
+        groups[blk] = b < kb_end ? group_at(p.g_idx, row, p.group_size, p.groups) : 0;
+      }
+    }
+  };
+  int groups_now[kMmaTileBlocks], groups_next[kMmaTileBlocks] = {};
+  tile_groups(0, groups_now);
+
+  // Multistage pipeline: tile t + kMmaStages - 1 is requested while tile t is decoded and multiplied. One copy
+  // group is committed per iteration (empty near the end) so that wait_group counts stay uniform.
 #pragma unroll
   for (int s = 0; s < kMmaStages - 1; ++s) {
     if (s < tiles) load_tile(s, s);
     cp_async_commit();
   }
   for (int tile = 0; tile < tiles; ++tile) {
+    if (tile + 1 < tiles) tile_groups(tile + 1, groups_next);
     cp_async_wait<kMmaStages - 2>();  // this thread's copies of `tile` have landed
-    // Everyone's copies of `tile` are visible, and every warp has finished the previous tile's mma: its stage
-    // may be refilled and the W^T tile overwritten.
+    // Everyone's copies of `tile` are visible, and every warp is done with the previous tile, whose stage is
+    // refilled next.
     __syncthreads();
     const int next = tile + kMmaStages - 1;
     if (next < tiles) load_tile(next % kMmaStages, next);
     cp_async_commit();
-    dequantize_tile(tile % kMmaStages, tile);
-    __syncthreads();  // the W^T tile is complete
-    mma_tile(tile % kMmaStages);
+#pragma unroll
+    for (int blk = 0; blk < kMmaTileBlocks; ++blk) {
+      const int b = kb_begin + tile * kMmaTileBlocks + blk;
+      if (b < kb_end) multiply_block(tile % kMmaStages, blk, groups_now[blk]);  // the last tile may hold one block
+    }
+#pragma unroll
+    for (int blk = 0; blk < kMmaTileBlocks; ++blk) groups_now[blk] = groups_next[blk];
   }
   cp_async_wait<0>();
+  if (current_group >= 0) finish_group();
 
   // Epilogue straight from the accumulators: two neighbouring columns per store.
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int m = row0 + mt * 16 + fg + half * 8;
-        const int n = n_tile + warp * 16 + nt * 8 + 2 * ft;  // even; N is a multiple of 32, so n + 1 < N too
+        const int n = warp_n + nt * 8 + 2 * ft;  // even; N is a multiple of 32, so n + 1 < N too
         if (m >= p.m || n >= p.n) continue;
-        float v0 = acc[mt][nt][2 * half], v1 = acc[mt][nt][2 * half + 1];
+        float v0 = out[mt][nt][2 * half], v1 = out[mt][nt][2 * half + 1];
         if (gridDim.z == 1) {
           if (p.bias != nullptr) {
             v0 += load_float(p.bias, n, p.bias_type);

@@ -1,13 +1,14 @@
 // A CPU emulator for the package's CUDA kernels, so that their index maths, pipelines and edge cases are tested
 // on machines without a GPU. The kernel sources compile unchanged as C++ with this header forced in first
-// (g++ -x c++ -include cuda_emulator.h csrc/cuda/<file>.cu): GPTQ_LAUNCH, dynamic_shared_memory, cp.async and
-// mma.sync route here under GPTQ_KERNELS_EMULATION (csrc/cuda/common.cuh, gemm_mma_kernel.cuh).
+// (g++ -x c++ -include cuda_emulator.h csrc/cuda/<file>.cu): GPTQ_LAUNCH, dynamic_shared_memory, cp.async,
+// ldmatrix and mma.sync route here under GPTQ_KERNELS_EMULATION (csrc/cuda/common.cuh, gemm_mma_kernel.cuh).
 //
 // Model: every CUDA thread of a CTA is a fiber (ucontext) with its own stack; CTAs run one after another. A fiber
 // runs until it reaches a synchronisation point and then yields:
 //   * __syncthreads: released when every live thread of the CTA has arrived;
-//   * warp collectives (__shfl_sync, __shfl_xor_sync, __all_sync, __any_sync, __ballot_sync, mma.sync): released
-//     when every lane named in the mask waits in the same collective; results are computed at release;
+//   * warp collectives (__shfl_sync, __shfl_xor_sync, __all_sync, __any_sync, __ballot_sync, mma.sync,
+//     ldmatrix): released when every lane named in the mask waits in the same collective; results are computed
+//     (and ldmatrix reads shared memory) at release;
 //   * cp.async: each copy lands when its group is waited for (the latest moment the hardware allows), or at
 //     issue with eager_async_copies (the earliest), so a stage read before its wait, or refilled while still
 //     being read, gives a wrong result in one of the two modes.
@@ -72,7 +73,7 @@ enum class MmaType { kHalf, kBFloat16 };
 namespace detail {
 
 enum class Wait { kRunnable, kBarrier, kCollective, kDone };
-enum class Collective { kShfl, kShflXor, kAll, kAny, kBallot, kMma };
+enum class Collective { kShfl, kShflXor, kAll, kAny, kBallot, kMma, kLdmatrix };
 
 struct AsyncCopy {
   void* dst;
@@ -92,8 +93,9 @@ struct Fiber {
   int lane_arg;
   uint32_t result;
   MmaType mma_type;
-  uint32_t a[4], b[2];
+  uint32_t a[4], b[2];  // mma operands; a also receives ldmatrix's four registers
   float d[4];
+  const unsigned char* row_address;  // ldmatrix: the 16-byte row this lane supplies
   std::vector<AsyncCopy> uncommitted;
   std::deque<std::vector<AsyncCopy>> groups;  // committed, oldest first
 };
@@ -248,6 +250,20 @@ inline void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], ui
   std::memcpy(f.d, d, sizeof f.d);
   rt.yield(detail::Wait::kCollective);
   std::memcpy(d, rt.self().d, sizeof f.d);
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8i..8i+7 supply the addresses of the eight 16-byte rows of
+// matrix i; register i of lane l receives the two elements of row l / 4 of matrix i at columns 2 (l % 4) and
+// 2 (l % 4) + 1 (PTX ISA, "ldmatrix"). Shared memory is read when the whole warp has arrived.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) throw Error("ldmatrix with a row address not 16-byte aligned");
+  detail::Runtime& rt = detail::Runtime::get();
+  detail::Fiber& f = rt.self();
+  f.op = detail::Collective::kLdmatrix;
+  f.mask = 0xffffffffu;
+  f.row_address = static_cast<const unsigned char*>(row);
+  rt.yield(detail::Wait::kCollective);
+  std::memcpy(r, rt.self().a, sizeof r);
 }
 
 namespace detail {
@@ -436,6 +452,14 @@ inline void Runtime::resolve(std::vector<Fiber*>& lanes, int warp) {
     }
     return;
   }
+  if (op == Collective::kLdmatrix) {
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int i = 0; i < 4; ++i) {
+        std::memcpy(&lanes[lane]->a[i], lanes[8 * i + lane / 4]->row_address + 4 * (lane % 4), 4);
+      }
+    }
+    return;
+  }
   uint32_t vote_all = 1, vote_any = 0, ballot = 0;
   for (int l = 0; l < 32; ++l) {
     if (lanes[l] == nullptr) continue;
@@ -537,6 +561,25 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned selector) {
     result |= static_cast<unsigned>(bytes >> (8 * ((selector >> (4 * i)) & 7)) & 0xffu) << (8 * i);
   }
   return result;
+}
+// SHF.R: the 64-bit value hi:lo shifted right by shift mod 32, low word.
+inline unsigned __funnelshift_r(unsigned lo, unsigned hi, unsigned shift) {
+  return static_cast<unsigned>((static_cast<uint64_t>(hi) << 32 | lo) >> (shift & 31));
+}
+// HFMA2 / HFMA2.BF16 (declared by the CUDA headers for nvcc only): a * b + c on each half, rounded once. The
+// product of two 16-bit floats is exact in double; the sum, rounded to double and then to 16 bits, can differ
+// from a single rounding only when the operands are some 2^30 apart in magnitude.
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+  auto one = [](__half x, __half y, __half z) {
+    return __double2half(static_cast<double>(__half2float(x)) * __half2float(y) + __half2float(z));
+  };
+  return __halves2half2(one(a.x, b.x, c.x), one(a.y, b.y, c.y));
+}
+inline __nv_bfloat162 __hfma2(__nv_bfloat162 a, __nv_bfloat162 b, __nv_bfloat162 c) {
+  auto one = [](__nv_bfloat16 x, __nv_bfloat16 y, __nv_bfloat16 z) {
+    return __double2bfloat16(static_cast<double>(__bfloat162float(x)) * __bfloat162float(y) + __bfloat162float(z));
+  };
+  return __halves2bfloat162(one(a.x, b.x, c.x), one(a.y, b.y, c.y));
 }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

@@ -35,10 +35,23 @@ __global__ void read_past_end(const int* src, int* out, int n) {
   out[threadIdx.x] = src[threadIdx.x < static_cast<unsigned>(n) ? threadIdx.x : n];
 }
 
+// Every warp loads the 16 x 16 matrix of 16-bit element indices (row * 16 + column) in shared memory with
+// ldmatrix.x4, addressed as the tensor-core kernel addresses its A tiles; warp w writes register w of each lane
+// as low half + 256 * high half.
+__global__ void ldmatrix_quadrants(int* out) {
+  __shared__ __align__(16) uint16_t matrix[16 * 16];
+  for (int i = threadIdx.x; i < 16 * 16; i += kThreads) matrix[i] = static_cast<uint16_t>(i);
+  __syncthreads();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint32_t r[4];
+  gptq_kernels::cuda::ldmatrix_x4(r, matrix + (lane % 16) * 16 + (lane / 16) * 8);
+  out[threadIdx.x] = static_cast<int>((r[warp] & 0xffffu) + 256u * (r[warp] >> 16));
+}
+
 }  // namespace selftest
 
 // Runs case `name` ("exchange", "exchange_no_barrier", "async_copy", "async_copy_no_wait", "shuffle_after_exit",
-// "read_past_end") and returns its 128 outputs as floats.
+// "read_past_end", "ldmatrix") and returns its 128 outputs as floats.
 std::vector<float> run_selftest(const std::string& name) {
   using namespace selftest;
   std::vector<int> ints(kThreads, -1);
@@ -53,6 +66,8 @@ std::vector<float> run_selftest(const std::string& name) {
     return floats;
   } else if (name == "shuffle_after_exit") {
     GPTQ_LAUNCH(1, kThreads, 0, nullptr, shuffle_after_exit)(ints.data());
+  } else if (name == "ldmatrix") {
+    GPTQ_LAUNCH(1, kThreads, 0, nullptr, ldmatrix_quadrants)(ints.data());
   } else if (name == "read_past_end") {
     std::unique_ptr<int[]> src(new int[kThreads - 1]());
     GPTQ_LAUNCH(1, kThreads, 0, nullptr, read_past_end)(src.get(), ints.data(), kThreads - 1);
