@@ -192,7 +192,19 @@ struct FragmentDecode {
     memcpy(static_cast<void*>(&a), &h, 4);
     memcpy(static_cast<void*>(&m), &multiplier, 4);
     memcpy(static_cast<void*>(&c), &offset, 4);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    // No bf16x2 FMA before sm_80, where this kernel never runs (plan_gemm); the fp32 form keeps it compiling.
+    Pair r;
+    if constexpr (Magic::kHalf) {
+      const float2 fa = __half22float2(a), fm = __half22float2(m), fc = __half22float2(c);
+      r = __floats2half2_rn(fmaf(fa.x, fm.x, fc.x), fmaf(fa.y, fm.y, fc.y));
+    } else {
+      const float2 fa = __bfloat1622float2(a), fm = __bfloat1622float2(m), fc = __bfloat1622float2(c);
+      r = __floats2bfloat162_rn(fmaf(fa.x, fm.x, fc.x), fmaf(fa.y, fm.y, fc.y));
+    }
+#else
     const Pair r = __hfma2(a, m, c);
+#endif
     uint32_t out;
     memcpy(&out, &r, 4);
     return out;

@@ -37,6 +37,8 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
     for (int c = 0; c < kColumnsPerThread; ++c) acc[r][c] = out[r][c] = 0.f;
   }
   int current_group = -1;
+  // Without g_idx, the group of row `lane` of each block is counted forward: this warp's blocks come in order.
+  GroupCursor cursor(static_cast<int64_t>(kb_begin) * core::kBlockValues + lane, p.group_size, p.groups);
   float scale[kColumnsPerThread] = {}, zero[kColumnsPerThread] = {};  // zero holds kMagicFloat + zero point
 
   for (int stage = kb_begin; stage < kb_end; stage += kStageBlocks) {
@@ -70,8 +72,8 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
             w[i][2][word] = v.z;
             w[i][3][word] = v.w;
           }
-          lane_group[i] = group_at(p.g_idx, static_cast<int64_t>(b) * core::kBlockValues + lane, p.group_size,
-                                   p.groups);
+          const int64_t row = static_cast<int64_t>(b) * core::kBlockValues + lane;
+          lane_group[i] = p.g_idx == nullptr ? cursor.at(row) : group_at(p.g_idx, row, p.group_size, p.groups);
         }
       }
 #pragma unroll
