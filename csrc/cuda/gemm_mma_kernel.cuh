@@ -173,8 +173,9 @@ struct FragmentDecode {
       // 3-bit: the pair's 6 bits start at stream bit o = 48 KH + 24 E + 6t, in word o / 32, which is the first
       // candidate word c or (for larger t) the next; a pair that straddles two words takes the funnel shift.
       constexpr int kBase = 48 * KH + 24 * E, kWord = kBase / 32;
+      constexpr bool kMayAdvance = (kBase + 6 * 3) / 32 > kWord;  // t <= 3; without it, no word select
       const int o = kBase + 6 * t;
-      const bool next = o / 32 > kWord;
+      const bool next = kMayAdvance && o / 32 > kWord;
       const uint32_t lo = next ? w[kWord + 1 < BITS ? kWord + 1 : BITS - 1] : w[kWord];
       const uint32_t hi = next ? w[kWord + 2 < BITS ? kWord + 2 : BITS - 1] : w[kWord + 1 < BITS ? kWord + 1 : BITS - 1];
       const uint32_t v = __funnelshift_r(lo, hi, static_cast<unsigned>(o % 32));
