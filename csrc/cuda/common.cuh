@@ -130,6 +130,43 @@ __device__ __forceinline__ float magic_zero(const uint32_t* qzeros, int64_t grou
   return kMagicFloat + static_cast<float>(core::zero_point(row, n, BITS));
 }
 
+// (a & mask) | bits as one LOP3: given two constants, ptxas emits an AND and an OR (one immediate each).
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(a), "r"(mask), "r"(bits));  // 0xea: (a & b) | c
+  return r;
+#else
+  return (a & mask) | bits;
+#endif
+}
+
+// The in-place decode (GEMV kernel): value j of a block is masked where it sits in its word, after at most a
+// shift by 16 bits that the word's upper values share, and ORed into the mantissa of 2^23, which gives
+// 2^23 + q 2^p with p = inplace_position(j): one LOP3 and one FADD (minus 2^23) yield q 2^p exactly, and x staged
+// times 2^-p turns the FFMA into x q. A 3-bit value that straddles two words is assembled at p = 0.
+template <int BITS>
+__host__ __device__ constexpr int inplace_position(int j) {
+  return core::straddles(j, BITS) ? 0
+         : core::shift_of(j, BITS) + BITS <= 23 ? core::shift_of(j, BITS)
+                                                : core::shift_of(j, BITS) - 16;
+}
+template <int BITS>
+__device__ __forceinline__ float inplace_value(const uint32_t (&w)[BITS], int j) {
+  const int word = core::word_of(j, BITS), shift = core::shift_of(j, BITS);
+  uint32_t bits;
+  if (core::straddles(j, BITS)) {
+    bits = core::extract_from_words<BITS>(w, j) | kMagicBits;
+  } else if (shift + BITS <= 23) {
+    bits = and_or(w[word], core::value_mask(BITS) << shift, kMagicBits);
+  } else {
+    bits = and_or(w[word] >> 16, core::value_mask(BITS) << (shift - 16), kMagicBits);
+  }
+  return __uint_as_float(bits) - kMagicFloat;
+}
+// 2^e for |e| < 127, exactly.
+__device__ __forceinline__ float exp2_int(int e) { return __uint_as_float(static_cast<uint32_t>(127 + e) << 23); }
+
 // Value j of a block whose words are w[0..BITS): see core::extract_from_words (checked on the CPU at compile
 // time in core/bitpack_checks.cpp).
 template <int BITS>

@@ -113,17 +113,6 @@ struct MagicPair {
   static constexpr int kMantissaBits = kHalf ? 10 : 7;
 };
 
-// (a & mask) | bits as one LOP3: given two constants, ptxas emits an AND and an OR (one immediate each).
-__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t bits) {
-#if defined(__CUDA_ARCH__)
-  uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(a), "r"(mask), "r"(bits));  // 0xea: (a & b) | c
-  return r;
-#else
-  return (a & mask) | bits;
-#endif
-}
-
 template <typename T, int BITS>
 struct FragmentDecode {
   using Magic = MagicPair<T>;

@@ -14,9 +14,11 @@
 //     and the workspace stays in L2).
 //
 // Per 32-row block a warp checks, with one vote, whether all 32 rows share a group (always true for sorted
-// g_idx and group sizes that are multiples of 32). Then it accumulates sum_k x[k] (q[k] - zero) in fp32 and
-// multiplies by the group's scale only when the group changes. A block that mixes groups (unsorted act-order
-// g_idx, odd group sizes) takes a slower path that looks the group up per row: correct for any g_idx.
+// g_idx and group sizes that are multiples of 32). Then it accumulates sum_k x[k] q[k] in fp32, three
+// instructions per value and row (inplace_value in common.cuh: a LOP3 and an FADD give q 2^p exactly, and x is
+// staged times 2^-p), and when the group changes adds scale * (that sum - zero * sum_k x[k]), the sums of x
+// coming per block from the staging. A block that mixes groups (unsorted act-order g_idx, odd group sizes) takes
+// a slower path that looks the group up per row: correct for any g_idx.
 #pragma once
 #include <cuda_runtime.h>
 

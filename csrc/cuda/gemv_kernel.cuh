@@ -13,10 +13,12 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
   static_assert(kBlocksPerWarpStage % kInFlight == 0, "a stage must hold whole load batches");
   constexpr unsigned kFullMask = 0xffffffffu;
 
-  // x of this CTA's rows for one stage, as fp32 (converted once, read as float4 broadcasts); reused at the end
-  // for the cross-warp reduction, which needs kGemvWarps * ROWS * kGemvColumns = the same ROWS * 512 floats.
+  // x of this CTA's rows for one stage, as fp32 times 2^-inplace_position (converted once, read as float4
+  // broadcasts); reused at the end for the cross-warp reduction, which needs kGemvWarps * ROWS * kGemvColumns =
+  // the same ROWS * 512 floats. x_sums: the sum of x over each 32-row block of the stage, per row.
   static_assert(kGemvWarps * kGemvColumns == kStageValues, "reduction buffer must alias the x stage");
   __shared__ __align__(16) float smem[ROWS * kStageValues];
+  __shared__ float x_sums[ROWS * kStageBlocks];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = blockIdx.x * ROWS;
@@ -29,20 +31,36 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
   const int kb_end = min(kb_begin + p.blocks_per_cta, kblocks);
   const T* x = static_cast<const T*>(p.x);
 
-  float acc[ROWS][kColumnsPerThread];  // sum x * (q - zero) within the current group
-  float out[ROWS][kColumnsPerThread];  // sum over finished groups of scale * acc
+  // Per group, sum x (q - zero) = sum x q - zero sum x: the FFMAs accumulate x q, x_sum the plain sum of x.
+  float acc[ROWS][kColumnsPerThread];  // sum x q within the current group
+  float out[ROWS][kColumnsPerThread];  // sum over finished groups of scale * (acc - zero * x_sum)
+  float x_sum[ROWS];                   // sum x within the current group
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
+    x_sum[r] = 0.f;
 #pragma unroll
     for (int c = 0; c < kColumnsPerThread; ++c) acc[r][c] = out[r][c] = 0.f;
   }
   int current_group = -1;
   // Without g_idx, the group of row `lane` of each block is counted forward: this warp's blocks come in order.
   GroupCursor cursor(static_cast<int64_t>(kb_begin) * core::kBlockValues + lane, p.group_size, p.groups);
-  float scale[kColumnsPerThread] = {}, zero[kColumnsPerThread] = {};  // zero holds kMagicFloat + zero point
+  float scale[kColumnsPerThread] = {}, zero[kColumnsPerThread] = {};  // the current group's
+  auto finish_group = [&]() {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+      for (int c = 0; c < kColumnsPerThread; ++c) {
+        out[r][c] = fmaf(scale[c], fmaf(-zero[c], x_sum[r], acc[r][c]), out[r][c]);
+        acc[r][c] = 0.f;
+      }
+      x_sum[r] = 0.f;
+    }
+  };
 
   for (int stage = kb_begin; stage < kb_end; stage += kStageBlocks) {
     __syncthreads();  // every warp is done with the previous stage's x
+    // A warp stages 32 consecutive values, one block of one row, per iteration, and adds them up.
+    static_assert(kStageValues % kGemvThreads == 0 && kGemvThreads % core::kBlockValues == 0, "warp = block");
     for (int i = threadIdx.x; i < ROWS * kStageValues; i += kGemvThreads) {
       const int r = i / kStageValues, kk = i % kStageValues;
       const int64_t k = static_cast<int64_t>(stage) * core::kBlockValues + kk;
@@ -50,7 +68,10 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
       if (row0 + r < p.m && k < static_cast<int64_t>(kb_end) * core::kBlockValues) {
         v = FloatConvert<T>::to_float(x[(row0 + r) * p.ldx + k]);
       }
-      smem[i] = v;
+      smem[i] = v * exp2_int(-inplace_position<BITS>(kk % core::kBlockValues));
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+      if (lane == 0) x_sums[r * kStageBlocks + kk / core::kBlockValues] = v;
     }
     __syncthreads();
 
@@ -85,21 +106,16 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
         if (__all_sync(kFullMask, lane_group[i] == g)) {
           // Fast path: one group for the whole block.
           if (g != current_group) {
-#pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-              for (int c = 0; c < kColumnsPerThread; ++c) {
-                out[r][c] = fmaf(scale[c], acc[r][c], out[r][c]);
-                acc[r][c] = 0.f;
-              }
-            }
+            finish_group();
 #pragma unroll
             for (int c = 0; c < kColumnsPerThread; ++c) {
               scale[c] = load_float(p.scales, static_cast<int64_t>(g) * p.n + n0 + c, p.scale_type);
-              zero[c] = magic_zero<BITS>(p.qzeros, g, p.n, n0 + c);
+              zero[c] = magic_zero<BITS>(p.qzeros, g, p.n, n0 + c) - kMagicFloat;
             }
             current_group = g;
           }
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r) x_sum[r] += x_sums[r * kStageBlocks + b - stage];
 #pragma unroll
           for (int jq = 0; jq < core::kBlockValues / 4; ++jq) {
             float4 xv[ROWS];
@@ -109,7 +125,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
             for (int jj = 0; jj < 4; ++jj) {
               float q[kColumnsPerThread];
 #pragma unroll
-              for (int c = 0; c < kColumnsPerThread; ++c) q[c] = magic_float(decode<BITS>(w[i][c], jq * 4 + jj)) - zero[c];
+              for (int c = 0; c < kColumnsPerThread; ++c) q[c] = inplace_value<BITS>(w[i][c], jq * 4 + jj);
 #pragma unroll
               for (int r = 0; r < ROWS; ++r) {
                 const float xr = jj == 0 ? xv[r].x : jj == 1 ? xv[r].y : jj == 2 ? xv[r].z : xv[r].w;
@@ -126,24 +142,21 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
 #pragma unroll 1
           for (int j = 0; j < core::kBlockValues; ++j) {
             const int gj = __shfl_sync(kFullMask, lane_group[i], j);
+            const float unscale = exp2_int(inplace_position<BITS>(j));  // x was staged times 2^-p
 #pragma unroll
             for (int c = 0; c < kColumnsPerThread; ++c) {
               const float s = load_float(p.scales, static_cast<int64_t>(gj) * p.n + n0 + c, p.scale_type);
               const float wv =
                   (magic_float(core::extract(block + c, p.n, j, BITS)) - magic_zero<BITS>(p.qzeros, gj, p.n, n0 + c)) * s;
 #pragma unroll
-              for (int r = 0; r < ROWS; ++r) out[r][c] = fmaf(xb[r * kStageValues + j], wv, out[r][c]);
+              for (int r = 0; r < ROWS; ++r) out[r][c] = fmaf(xb[r * kStageValues + j] * unscale, wv, out[r][c]);
             }
           }
         }
       }
     }
   }
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-    for (int c = 0; c < kColumnsPerThread; ++c) out[r][c] = fmaf(scale[c], acc[r][c], out[r][c]);
-  }
+  finish_group();
 
   // Cross-warp reduction: red[warp][r][column in tile], then thread t sums column t over the warps.
   __syncthreads();  // every warp is done reading x from smem
