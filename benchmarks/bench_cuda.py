@@ -195,10 +195,18 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
                 xb[i % len(xb)], int4[i % len(int4)][0], group_size, int4[i % len(int4)][1]), max(MIN_CALLS, len(int4)))
             nbytes["torch int4 (bf16)"] = int4_bytes
         for bits, layers in ours.items():
+            # What QuantLinear runs on the GPU: 2- and 4-bit weights in fragment order (random words are valid
+            # weights in either order), 3- and 8-bit in checkpoint order.
+            gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
             name = f"gptq {bits}-bit"
-            contenders[name] = (lambda i, layers=layers, bits=bits: ops.gemm(
+            contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: gemm(
                 xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), max(MIN_CALLS, len(layers)))
             nbytes[name] = gptq_bytes(k, n, bits, group_size)
+        if 4 in ours:  # the same kernels reading the checkpoint order: what fragment order gains
+            name, layers = "gptq 4-bit ckpt order", ours[4]
+            contenders[name] = (lambda i, layers=layers: ops.gemm(
+                xs[i % len(xs)], *layers[i % len(layers)], None, None, 4, group_size), max(MIN_CALLS, len(layers)))
+            nbytes[name] = gptq_bytes(k, n, 4, group_size)
         if 4 in ours and batch >= DEQUANT_CONTENDER_MIN_BATCH:
             # What gemm does past the tensor-core kernel's range (dequantize, then cuBLAS), timed next to it:
             # where the two cross is where gemm_fused.cu's kMmaMaxRows belongs.
@@ -233,9 +241,11 @@ def print_summary(results, copy_gbps, log):
     """One line per shape and batch: speedup of every contender over cuBLAS fp16, and the 4-bit kernel's share of
     the copy bandwidth (the acceptance criteria of issue #4 read straight off this table)."""
     kernels = [k for k in ("torch int4 (bf16)", "gptq 2-bit", "gptq 3-bit", "gptq 4-bit", "gptq 8-bit",
-                           "gptq 4-bit dequant+mm", "bcq 2-plane", "bcq 3-plane") if any(r["kernel"] == k for r in results)]
+                           "gptq 4-bit ckpt order", "gptq 4-bit dequant+mm", "bcq 2-plane", "bcq 3-plane")
+               if any(r["kernel"] == k for r in results)]
     short = {"torch int4 (bf16)": "int4", "gptq 2-bit": "2b", "gptq 3-bit": "3b", "gptq 4-bit": "4b", "gptq 8-bit": "8b",
-             "gptq 4-bit dequant+mm": "4b-dq", "bcq 2-plane": "bcq2", "bcq 3-plane": "bcq3"}
+             "gptq 4-bit ckpt order": "4b-ckpt", "gptq 4-bit dequant+mm": "4b-dq", "bcq 2-plane": "bcq2",
+             "bcq 3-plane": "bcq3"}
     log("\nsummary: speedup vs cuBLAS fp16 (fp16 column in us); 4b %copy = 4-bit weight GB/s / copy GB/s")
     log(f"{'shape':>12} {'batch':>5} {'fp16 us':>9}" + "".join(f"{short[k]:>7}" for k in kernels) + f"{'4b %copy':>10}")
     by_key = {}

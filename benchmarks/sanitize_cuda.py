@@ -4,7 +4,8 @@
 
 Covers pack, unpack, permute_rows, dequantize (3 output dtypes), the GEMV kernel (1, 2, 4 and 8 rows per CTA), the tensor-core
 kernel (16, 32 and 64 rows per CTA, two row tiles), each with and without split-K, a partial column tile, the
-per-row group path of unsorted act-order g_idx and a bias, and the dequantize + cuBLAS path. Also checks the results loosely, so a run that computes garbage fails too.
+per-row group path of unsorted act-order g_idx and a bias, and the dequantize + cuBLAS path; for 2 and 4 bits
+the same with the weight in fragment order (gemm_fragment_ordered, to_fragment_order). Also checks the results loosely, so a run that computes garbage fails too.
 The BCQ ops too: bcq_dequantize (1 to 3 planes, groups inside and on 32-input blocks) and bcq_gemm's
 lookup-table kernel (2 and 3 planes, 1, 2 and 4 rows per CTA, fp16/bf16/fp32, with and without split-K) and its
 dequantize + cuBLAS path.
@@ -75,11 +76,14 @@ def main():
                 d = ops.dequantize(w[0], w[1], w[2].to(dtype), w[3], bits, group_size)
                 assert torch.isfinite(d).all()
             bias = torch.randn(n, device="cuda", dtype=torch.float16)
+            fragment = ops.to_fragment_order(w[0], bits) if ops.has_fragment_order(bits) else None
             for rows in (1, 2, 3, 8, 9, 20, 40, 100, 300):
                 for dtype in ((torch.float16, torch.bfloat16) if rows in (1, 20) else (torch.float16,)):
                     x = torch.randn(rows, k, device="cuda", dtype=dtype)
                     check(ops.gemm(x, *w, bias, bits, group_size), x, w_t, bias)
                     check(ops.gemm(x, *w, None, bits, group_size), x, w_t)
+                    if ops.has_fragment_order(bits):  # the layout QuantLinear uses on the GPU
+                        check(ops.gemm_fragment_ordered(x, fragment, *w[1:], bias, bits, group_size), x, w_t, bias)
         print(f"sanitize_cuda: {bits}-bit done", flush=True)
     x = torch.randn(3, 576, device="cuda")
     w = layer(576, 96, 4, 128)

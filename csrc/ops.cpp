@@ -27,12 +27,21 @@ TORCH_LIBRARY(gptq_kernels, m) {
   // [K], a permutation), packed -> packed without unpacking. QuantLinear sorts act-order layers' input
   // channels by group with it at load, so the matmul kernels never look a group up per weight.
   m.def("permute_rows(Tensor packed, Tensor perm, int bits) -> Tensor");
+  // Fragment order (csrc/core/fragment_order.h): the 2- and 4-bit layout the CUDA kernels read fastest, a
+  // permutation of the 32 values of every block of every column (same shape). Any device; 3- and 8-bit weights
+  // have none and are rejected. from_fragment_order is the inverse.
+  m.def("to_fragment_order(Tensor qweight, int bits) -> Tensor");
+  m.def("from_fragment_order(Tensor qweight, int bits) -> Tensor");
   // W^T as a dense [K, N] tensor of scales.dtype. g_idx None means g = k / group_size.
   m.def("dequantize(Tensor qweight, Tensor qzeros, Tensor scales, Tensor? g_idx, int bits, int group_size)"
         " -> Tensor");
   // y = x @ W^T + bias for x [..., K] (float16/bfloat16/float32); y [..., N] has x's dtype.
   m.def("gemm(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor? g_idx, Tensor? bias, int bits,"
         " int group_size) -> Tensor");
+  // gemm with qweight in fragment order (bits 2 or 4). QuantLinear calls it for layers it has converted on a
+  // CUDA device; the CPU implementation converts back first (a reference, not a fast path).
+  m.def("gemm_fragment_ordered(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor? g_idx, Tensor? bias,"
+        " int bits, int group_size) -> Tensor");
   // The inner column loop of blocked GPTQ over one block of B columns (see gptq_kernels/gptq.py).
   // weight [rows, B] float32: the block's columns, already updated for the errors of earlier blocks;
   // hinv [B, B] float32: the block's diagonal block of U, the upper Cholesky factor of H^-1.

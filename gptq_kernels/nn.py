@@ -25,7 +25,15 @@ class QuantLinear(nn.Module):
     Act-order layers (a ``g_idx`` that is not sorted) are stored internally with their input channels sorted
     by group, so the kernels never look a group up per element; ``state_dict()`` still returns the checkpoint
     order, and nothing beyond the packed weight and a [K] permutation is kept.
+
+    On a device type listed in ``FRAGMENT_ORDER_DEVICE_TYPES`` (CUDA), 2- and 4-bit layers also hold ``qweight``
+    in fragment order (``gptq_kernels.ops.to_fragment_order``), the layout the CUDA kernels read fastest. The
+    conversion happens once, when tensors are loaded or the layer is moved, in place of the old copy;
+    ``state_dict()``, ``quantized_weight()`` and moves to other devices return to the checkpoint order.
     """
+
+    # Device types on which 2- and 4-bit layers keep qweight in fragment order (where its gemm is fastest).
+    FRAGMENT_ORDER_DEVICE_TYPES = ("cuda",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, bits: int = 4,
                  group_size: int = 128, dtype: torch.dtype = torch.float16, device=None):
@@ -46,6 +54,7 @@ class QuantLinear(nn.Module):
         # Set by _sort_input_channels for act-order layers: x's columns are gathered in this order.
         self.register_buffer("input_perm", None, persistent=False)
         self._kernel_g_idx_needed = False
+        self._fragment_ordered = False  # qweight in fragment order (see _arrange_for_device)
 
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
@@ -79,6 +88,9 @@ class QuantLinear(nn.Module):
         if self.input_perm is not None:
             x = x.index_select(-1, self.input_perm)
         g_idx = self.g_idx if self._kernel_g_idx_needed else None
+        if self._fragment_ordered:
+            return ops.gemm_fragment_ordered(x, self.qweight, self.qzeros, self.scales, g_idx, self.bias, self.bits,
+                                             self.group_size)
         if x.device.type in _KERNEL_DEVICE_TYPES:
             return ops.gemm(x, self.qweight, self.qzeros, self.scales, g_idx, self.bias, self.bits,
                             self.group_size)
@@ -116,15 +128,32 @@ class QuantLinear(nn.Module):
         self._kernel_g_idx_needed = not torch.equal(self.g_idx, default_g_idx(self.in_features, self.group_size,
                                                                                g_idx.device))
 
+    # ----------------------------------------------------------------------- fragment order on CUDA devices
+    def _arrange_for_device(self) -> None:
+        """Puts qweight in fragment order where this layer's device type wants it, and back where not."""
+        device_type = self.qweight.device.type
+        wanted = (ops.has_fragment_order(self.bits) and device_type in self.FRAGMENT_ORDER_DEVICE_TYPES
+                  and ops.has_kernel(device_type, "gemm_fragment_ordered"))
+        if wanted != self._fragment_ordered:
+            convert = ops.to_fragment_order if wanted else ops.from_fragment_order
+            self.qweight = convert(self.qweight, self.bits)
+            self._fragment_ordered = wanted
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        self._arrange_for_device()
+        return result
+
     def _checkpoint_order(self):
+        qweight = ops.from_fragment_order(self.qweight, self.bits) if self._fragment_ordered else self.qweight
         if self.input_perm is None:
-            return self.qweight, self.g_idx
+            return qweight, self.g_idx
         inverse = torch.argsort(self.input_perm)
-        return permute_rows(self.qweight, inverse, self.bits), self.g_idx[inverse]
+        return permute_rows(qweight, inverse, self.bits), self.g_idx[inverse]
 
     def _save_to_state_dict(self, destination: Dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.input_perm is not None:
+        if self.input_perm is not None or self._fragment_ordered:
             destination[prefix + "qweight"], destination[prefix + "g_idx"] = self._checkpoint_order()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -136,11 +165,14 @@ class QuantLinear(nn.Module):
         check_layer_tensors(present, self.in_features, self.out_features, self.bits, self.group_size,
                             name=prefix.rstrip(".") or type(self).__name__, required=())
         reorders = "qweight" in present or "g_idx" in present
-        if reorders and self.input_perm is not None:  # back to checkpoint order, so old and new tensors agree
+        if reorders and (self.input_perm is not None or self._fragment_ordered):
+            # back to checkpoint order, so old and new tensors agree
             self.qweight, self.g_idx = self._checkpoint_order()
             self.input_perm = None
+            self._fragment_ordered = False
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if reorders:  # a load that touches neither (e.g. a parent's partial load) keeps the current order
             self._sort_input_channels()
+            self._arrange_for_device()
 

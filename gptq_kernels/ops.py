@@ -60,6 +60,26 @@ def permute_rows(packed: torch.Tensor, perm: torch.Tensor, bits: int) -> torch.T
     return torch.ops.gptq_kernels.permute_rows(packed, perm, bits)
 
 
+def has_fragment_order(bits: int) -> bool:
+    """Whether `bits`-bit weights have a fragment order (the layout the CUDA kernels read fastest): 2 and 4."""
+    return bits in (2, 4)
+
+
+def to_fragment_order(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packed [K*bits/32, N] in checkpoint order -> the same tensor shape in fragment order (bits 2 or 4).
+
+    Fragment order permutes the 32 values of every block of every column so that each tensor-core lane reads its
+    values of a block with one load (csrc/core/fragment_order.h). Only gemm_fragment_ordered reads it."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.to_fragment_order(qweight, bits)
+
+
+def from_fragment_order(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """The inverse of to_fragment_order: back to the checkpoint order."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.from_fragment_order(qweight, bits)
+
+
 def dequantize(qweight, qzeros, scales, g_idx: Optional[torch.Tensor], bits: int, group_size: int) -> torch.Tensor:
     """W^T as a dense [K, N] tensor of scales' dtype."""
     _require_compiled()
@@ -71,6 +91,13 @@ def gemm(x, qweight, qzeros, scales, g_idx: Optional[torch.Tensor], bias: Option
     """y = x @ W^T + bias for x [..., K]; y [..., N] in x's dtype."""
     _require_compiled()
     return torch.ops.gptq_kernels.gemm(x, qweight, qzeros, scales, g_idx, bias, bits, group_size)
+
+
+def gemm_fragment_ordered(x, qweight, qzeros, scales, g_idx: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                          bits: int, group_size: int) -> torch.Tensor:
+    """gemm with qweight in fragment order (bits 2 or 4; see to_fragment_order)."""
+    _require_compiled()
+    return torch.ops.gptq_kernels.gemm_fragment_ordered(x, qweight, qzeros, scales, g_idx, bias, bits, group_size)
 
 
 def gptq_block(weight: torch.Tensor, hinv: torch.Tensor, bits: int, sym: bool, group_size: int,
@@ -146,6 +173,11 @@ if _IMPORT_ERROR is None:
         torch._check(x.shape[-1] == k, lambda: f"x has {x.shape[-1]} features, the weight has K = {k}")
         return x.new_empty((*x.shape[:-1], qweight.shape[1]))
 
+    @torch.library.register_fake("gptq_kernels::gemm_fragment_ordered")
+    def _gemm_fragment_ordered_fake(x, qweight, qzeros, scales, g_idx, bias, bits, group_size):
+        torch._check(has_fragment_order(bits), lambda: f"fragment order exists for 2- and 4-bit weights, got {bits}")
+        return _gemm_fake(x, qweight, qzeros, scales, g_idx, bias, bits, group_size)
+
     @torch.library.register_fake("gptq_kernels::gptq_block")
     def _gptq_block_fake(weight, hinv, bits, sym, group_size, column_offset, scale, zero, scale_dtype):
         _check_bits(bits)
@@ -187,11 +219,18 @@ if _IMPORT_ERROR is None:
         ctx.bits, ctx.group_size = bits, group_size
         ctx.x_dtype = x.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.fragment_order = False
+
+    def _gemm_fragment_ordered_setup_context(ctx, inputs, output):
+        _gemm_setup_context(ctx, inputs, output)
+        ctx.fragment_order = True
 
     def _gemm_backward(ctx, grad):
         qweight, qzeros, scales, g_idx = ctx.saved_tensors
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
+            if ctx.fragment_order:
+                qweight = torch.ops.gptq_kernels.from_fragment_order(qweight, ctx.bits)
             w_t = torch.ops.gptq_kernels.dequantize(qweight, qzeros, scales, g_idx, ctx.bits, ctx.group_size)
             grad_x = (grad.float() @ w_t.float().t()).to(ctx.x_dtype)
         if ctx.needs_input_grad[5]:
@@ -199,6 +238,8 @@ if _IMPORT_ERROR is None:
         return grad_x, None, None, None, None, grad_bias, None, None
 
     torch.library.register_autograd("gptq_kernels::gemm", _gemm_backward, setup_context=_gemm_setup_context)
+    torch.library.register_autograd("gptq_kernels::gemm_fragment_ordered", _gemm_backward,
+                                    setup_context=_gemm_fragment_ordered_setup_context)
 
     # The same for bcq_gemm: gradients flow to x and bias; the sign planes are integer.
     def _bcq_gemm_setup_context(ctx, inputs, output):

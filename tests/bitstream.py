@@ -63,3 +63,24 @@ def expected_weight_t(q, scale, zero, g_idx) -> torch.Tensor:
     """W^T [K, N] in float64 straight from the integers."""
     g = g_idx.long()
     return scale.double()[g] * (q.double() - zero.double()[g])
+
+
+def fragment_order_rows():
+    """Row of a 32-row block stored at each stream position in fragment order, from the mma.m16n8k16 B fragment
+    (PTX ISA): lane t holds in register r of 16-row step s rows 16s + 8r + 2t (low half) and 16s + 8r + 2t + 1
+    (high half). Each lane's eight values are stored together, lanes in order, the low halves of its four
+    registers (s, r) = (0, 0), (0, 1), (1, 0), (1, 1) first, then their high halves."""
+    rows = []
+    for t in range(4):
+        for half in range(2):
+            for s in range(2):
+                for r in range(2):
+                    rows.append(16 * s + 8 * r + 2 * t + half)
+    return rows
+
+
+def pack_fragment_order(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """int values [K, N] -> qweight in fragment order (K a multiple of 32)."""
+    rows = fragment_order_rows()
+    perm = torch.tensor([b + r for b in range(0, values.shape[0], 32) for r in rows])
+    return pack_bitstream(values[perm].contiguous(), bits)

@@ -151,6 +151,12 @@ def test_gemm_rejects_bad_inputs_with_clear_errors(args, match):
         ops.gemm(**args)
 
 
+@pytest.mark.parametrize("args,match", list(_bad_inputs()))
+def test_gemm_fragment_ordered_rejects_bad_inputs_with_clear_errors(args, match):
+    with pytest.raises(RuntimeError, match=r"gptq_kernels\.gemm_fragment_ordered: .*" + match):
+        ops.gemm_fragment_ordered(**args)
+
+
 def test_dequantize_rejects_bad_inputs():
     t, *_ = random_layer(64, 64, 4, 32)
     with pytest.raises(RuntimeError, match="gptq_kernels.dequantize: scales must have shape"):
@@ -161,6 +167,23 @@ def test_dequantize_rejects_bad_inputs():
         ops.dequantize(t["qweight"], t["qzeros"], t["scales"], g, 4, 32)
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_gemm_fragment_ordered_matches_gemm(bits):
+    t, q, scale, zero, g_idx = random_layer(576, 96, bits, 64)
+    w_t = expected_weight_t(q, scale, zero, g_idx)
+    fragment = ops.to_fragment_order(t["qweight"], bits)
+    bias = torch.randn(96)
+    for rows in (1, 40):
+        x = torch.randn(rows, 576, requires_grad=True)
+        y = ops.gemm_fragment_ordered(x, fragment, t["qzeros"], t["scales"], None, bias, bits, 64)
+        assert torch.equal(y, ops.gemm(x, t["qweight"], t["qzeros"], t["scales"], None, bias, bits, 64))
+        y.sum().backward()  # dL/dx[r, k] = sum_n W[n, k]; the backward dequantizes to the scales' fp16
+        assert relative_error(x.grad, w_t.sum(1).expand(rows, -1)) < 1e-3
+    with pytest.raises(RuntimeError, match="fragment order exists for 2- and 4-bit weights only, got bits = 3"):
+        t3, *_ = random_layer(96, 32, 3, 32)
+        ops.gemm_fragment_ordered(torch.randn(1, 96), t3["qweight"], t3["qzeros"], t3["scales"], None, None, 3, 32)
+
+
 def test_opcheck():
     t, *_ = random_layer(96, 64, 3, 32, act_order=True)
     x = torch.randn(3, 96)
@@ -168,6 +191,10 @@ def test_opcheck():
                           (x, t["qweight"], t["qzeros"], t["scales"], t["g_idx"], torch.randn(64), 3, 32))
     torch.library.opcheck(torch.ops.gptq_kernels.gemm, (x.half(), t["qweight"], t["qzeros"], t["scales"], None, None, 3, 32))
     torch.library.opcheck(torch.ops.gptq_kernels.dequantize, (t["qweight"], t["qzeros"], t["scales"], t["g_idx"], 3, 32))
+    t4, *_ = random_layer(96, 64, 4, 32)
+    fragment = ops.to_fragment_order(t4["qweight"], 4)
+    torch.library.opcheck(torch.ops.gptq_kernels.gemm_fragment_ordered,
+                          (x, fragment, t4["qzeros"], t4["scales"], None, torch.randn(64), 4, 32))
     values = torch.randint(0, 8, (64, 32), dtype=torch.int32)
     torch.library.opcheck(torch.ops.gptq_kernels.pack, (values, 3))
     torch.library.opcheck(torch.ops.gptq_kernels.unpack, (ops.pack(values, 3), 3))

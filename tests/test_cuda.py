@@ -226,7 +226,49 @@ def test_gemm_runs_on_the_current_stream_and_device_of_the_weight():
     assert_close_to_reference(y, x, w_t)
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("group_size", [48, 128])
+def test_gemm_fragment_ordered_matches_float64_reference(bits, dtype, group_size):
+    tensors, w_t, q, g_idx = cuda_layer(576, 96, bits, group_size)
+    fragment = ops.to_fragment_order(tensors["qweight"], bits)
+    assert torch.equal(fragment.cpu(), ops.to_fragment_order(tensors["qweight"].cpu(), bits))
+    assert torch.equal(ops.from_fragment_order(fragment, bits), tensors["qweight"])
+    for rows in ROWS:
+        x = torch.randn(rows, 576, device="cuda").to(dtype)
+        poison_allocator()
+        y = ops.gemm_fragment_ordered(x, fragment, tensors["qzeros"], tensors["scales"], tensors["g_idx"], None,
+                                      bits, group_size)
+        assert_close_to_reference(y, x, w_t)
+    if group_size != 128:
+        return
+    big, big_w_t = big_layer(16384, 4096, bits, 128)  # several K tiles and x stages per CTA, split K
+    fragment = ops.to_fragment_order(big["qweight"], bits)
+    for rows in (1, 8, 20, 64, 200):
+        x = torch.randn(rows, 16384, device="cuda", dtype=dtype)
+        poison_allocator()
+        y = ops.gemm_fragment_ordered(x, fragment, big["qzeros"], big["scales"], None, None, bits, 128)
+        assert_close_to_reference(y, x, big_w_t)
+
+
 # ------------------------------------------------------------------------------------------ QuantLinear
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_quant_linear_on_cuda_keeps_fragment_order_internal(bits):
+    tensors, w_t, _, _ = cuda_layer(576, 96, bits, 64, act_order=True)
+    layer = QuantLinear(576, 96, bias=False, bits=bits, group_size=64, dtype=torch.float16, device="cuda")
+    layer.load_state_dict(tensors)
+    assert layer._fragment_ordered == (bits != 3)
+    x = torch.randn(5, 576, device="cuda", dtype=torch.float16)
+    y = layer(x)
+    assert_close_to_reference(y, x, w_t)
+    for key, value in layer.state_dict().items():
+        assert torch.equal(value, tensors[key]), key
+    layer.cpu()  # the CPU kernels read the checkpoint order
+    assert not layer._fragment_ordered
+    assert torch.equal(layer.state_dict()["qweight"], tensors["qweight"].cpu())
+    layer.cuda()
+    assert layer._fragment_ordered == (bits != 3)
+    assert torch.equal(layer(x), y)
 @pytest.mark.parametrize("rows", [4, 64, 300])
 @pytest.mark.parametrize("act_order", [False, True])
 def test_quant_linear_forward_under_cuda_graph(rows, act_order):
@@ -297,6 +339,8 @@ def _cuda_bad_inputs():
 def test_gemm_rejects_bad_inputs_with_clear_errors(args, match):
     with pytest.raises(RuntimeError, match=r"gptq_kernels\.gemm: .*" + match):
         ops.gemm(**args)
+    with pytest.raises(RuntimeError, match=r"gptq_kernels\.gemm_fragment_ordered: .*" + match):
+        ops.gemm_fragment_ordered(**args)
 
 
 def test_layout_ops_reject_bad_inputs():

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitstream import expected_weight_t, pack_bitstream, random_layer
+from bitstream import expected_weight_t, pack_bitstream, pack_fragment_order, random_layer
 from test_bcq_ops import assert_dequantized_close, random_bcq
 from test_cuda import assert_close_to_reference
 
@@ -138,7 +138,7 @@ def plan_of(job):
 
 
 def emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=None, g_idx="given", sms=H100_SMS,
-                  mma=True, mode=(0, 0), ldx=None, mma_min_rows=9):
+                  mma=True, mode=(0, 0), ldx=None, mma_min_rows=9, fragment_order=False):
     """y = x @ W^T (+ bias) through the emulated fused kernels; returns (y or None, plan). x is [M, ldx] storage
     of which the first K columns are used."""
     k = tensors["qweight"].shape[0] * 32 // bits
@@ -154,7 +154,7 @@ def emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=None, g_
         mode, m=m, k=k, n=n, ldx=ldx, bits=bits, group_size=-1 if group_size == -1 else min(group_size, k),
         groups=groups, act=TYPE_NAMES[x.dtype], scale_type=TYPE_NAMES[tensors["scales"].dtype],
         bias_type=TYPE_NAMES[bias.dtype] if bias is not None else "float", sms=sms, mma=int(mma),
-        x_aligned=int(ldx % 8 == 0), mma_min_rows=mma_min_rows)
+        x_aligned=int(ldx % 8 == 0), mma_min_rows=mma_min_rows, fragment_order=int(fragment_order))
     plan = plan_of(job)
     y = None if plan["path"] == "dequantize_then_gemm" else _read(job / "y.bin", x.dtype, (m, n))
     return y, plan
@@ -225,6 +225,43 @@ def test_emulated_gemm_matches_float64_reference(harness, tmp_path, bits, dtype,
                 y, _ = emulated_gemm(harness, tmp_path, x[:, perm].contiguous(), sorted_tensors, bits, group_size,
                                      mode=mode)
                 assert_close_to_reference(y, x, w_t)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_emulated_fragment_order_matches_float64_reference(harness, tmp_path, bits, dtype, mode):
+    # qweight in fragment order through every fused path: the GEMV kernel (x staged in stored order), the
+    # tensor-core kernel's one-load decode from its swizzled tile (also at 1-8 rows), and the per-value paths of
+    # blocks whose rows mix groups (groups of 48, unsorted act-order).
+    k, n = 576, 96
+    for group_size, act_order, scale_dtype in ((128, False, dtype), (48, False, torch.float32),
+                                               (32, True, torch.float16), (-1, False, torch.bfloat16)):
+        tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size, act_order=act_order,
+                                                      scale_dtype=scale_dtype)
+        w_t = expected_weight_t(q, scale, zero, g_idx)
+        tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
+        for rows, path, mma_min_rows in ((1, "gemv", 9), (6, "gemv", 9), (3, "mma", 1), (9, "mma", 9),
+                                         (40, "mma", 9), (100, "mma", 9)):
+            x = torch.randn(rows, k).to(dtype)
+            y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, mode=mode,
+                                    mma_min_rows=mma_min_rows, fragment_order=True)
+            assert plan["path"] == path
+            assert_close_to_reference(y, x, w_t)
+
+
+@pytest.mark.parametrize("sms", [1, H100_SMS])
+def test_emulated_fragment_order_long_k(harness, tmp_path, sms):
+    # K = 2080: several K tiles per CTA and an odd last block; with 132 SMs, split K.
+    k, n, bits = 2080, 256, 4
+    tensors, q, scale, zero, g_idx = random_layer(k, n, bits, 64)
+    w_t = expected_weight_t(q, scale, zero, g_idx)
+    tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
+    bias = torch.randn(n, dtype=torch.float16)
+    for rows in (2, 20, 64):
+        x = torch.randn(rows, k, dtype=torch.float16)
+        y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, 64, bias=bias, sms=sms, fragment_order=True)
+        assert_close_to_reference(y, x, w_t, bias)
 
 
 @pytest.mark.parametrize("bits", [3, 4])
@@ -322,7 +359,14 @@ def test_emulated_dequantize_is_exact(harness, tmp_path, bits):
                           out_type=TYPE_NAMES[out_dtype])
         # (q - zero) * scale is exact in fp32: one rounding, to the output dtype.
         out = _read(job / "out.bin", out_dtype, (576, 96))
-        assert torch.equal(out, w_t.float().to(out_dtype) if out_dtype != torch.float32 else w_t.float())
+        expected = w_t.float().to(out_dtype) if out_dtype != torch.float32 else w_t.float()
+        assert torch.equal(out, expected)
+        if bits in (2, 4):  # the same weight in fragment order (the large-batch path of gemm_fragment_ordered)
+            job = run_harness(harness, tmp_path, "dequantize", dict(tensors, qweight=pack_fragment_order(q, bits)),
+                              k=576, n=96, bits=bits, group_size=min(group_size, 576) if group_size != -1 else -1,
+                              groups=tensors["scales"].shape[0], scale_type=TYPE_NAMES[scale_dtype],
+                              out_type=TYPE_NAMES[out_dtype], fragment_order=1)
+            assert torch.equal(_read(job / "out.bin", out_dtype, (576, 96)), expected)
 
 
 # ------------------------------------------------------------------------------------------- gptq_block

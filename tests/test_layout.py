@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bitstream import pack_bitstream, pack_zeros_v1, unpack_bitstream
+from bitstream import pack_bitstream, pack_fragment_order, pack_zeros_v1, unpack_bitstream
 from gptq_kernels import format, ops, reference
 
 BITS = [2, 3, 4, 8]
@@ -136,3 +136,28 @@ def test_layout_shapes_and_checks():
         format.check_group_size(0)
     with pytest.raises(ValueError, match="in_features must be a positive multiple of 32"):
         format.check_features(100, 64)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("k,n", [(32, 1), (96, 64), (576, 40)])
+def test_fragment_order_matches_the_independent_packer(bits, k, n):
+    g = torch.Generator().manual_seed(bits * k + n)
+    values = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32, generator=g)
+    packed, expected = pack_bitstream(values, bits), pack_fragment_order(values, bits)
+    assert not torch.equal(packed, expected) or k * n == 0
+    assert torch.equal(ops.to_fragment_order(packed, bits), expected)
+    assert torch.equal(ops.from_fragment_order(expected, bits), packed)
+    wide = torch.zeros(packed.shape[0], 2 * n, dtype=torch.int32)  # non-contiguous input
+    wide[:, ::2] = packed
+    assert torch.equal(ops.to_fragment_order(wide[:, ::2], bits), expected)
+
+
+def test_fragment_order_errors():
+    for bits in (3, 8):
+        with pytest.raises(RuntimeError, match="fragment order exists for 2- and 4-bit weights only, got bits = "
+                                               f"{bits}"):
+            ops.to_fragment_order(torch.zeros(bits, 8, dtype=torch.int32), bits)
+    with pytest.raises(RuntimeError, match="multiple of bits = 4"):
+        ops.from_fragment_order(torch.zeros(6, 8, dtype=torch.int32), 4)
+    with pytest.raises(RuntimeError, match="int32"):
+        ops.to_fragment_order(torch.zeros(4, 8), 4)

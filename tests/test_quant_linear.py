@@ -179,3 +179,31 @@ def test_gradients_flow_to_inputs_and_bias(act_order):
     (x64 @ w_t + b64).backward(grad_out.double())
     assert relative_error(x.grad, x64.grad) < 1e-5
     assert relative_error(layer.bias.grad, b64.grad) < 1e-5
+
+
+@pytest.mark.parametrize("bits,act_order", [(4, False), (2, True), (3, True)])
+def test_fragment_order_is_internal(monkeypatch, bits, act_order):
+    # On the CPU the layer keeps the checkpoint order; allowing fragment order here exercises the bookkeeping
+    # a CUDA layer does (conversion at load and on moves, state_dict back in checkpoint order).
+    plain, state, w_t = loaded_layer(576, 64, bits, 64, act_order=act_order)
+    assert not plain._fragment_ordered
+    monkeypatch.setattr(QuantLinear, "FRAGMENT_ORDER_DEVICE_TYPES", ("cpu",))
+    layer = QuantLinear(576, 64, bits=bits, group_size=64)
+    layer.load_state_dict(state)
+    assert layer._fragment_ordered == (bits != 3)  # 3-bit weights have no fragment order
+    if bits != 3:
+        assert not torch.equal(layer.qweight, plain.qweight)
+    x = torch.randn(5, 576)
+    assert torch.equal(layer(x), plain(x))
+    saved = layer.state_dict()
+    for key, value in state.items():
+        assert torch.equal(saved[key], value.to(saved[key].dtype)), key
+    assert torch.equal(layer.dequantize(torch.float64), w_t.t())
+    # A second load (a partial one: qweight only) starts from the checkpoint order again.
+    layer.load_state_dict({"qweight": state["qweight"]}, strict=False)
+    assert torch.equal(layer(x), plain(x))
+    # Moving to a device type without fragment order converts back.
+    monkeypatch.setattr(QuantLinear, "FRAGMENT_ORDER_DEVICE_TYPES", ())
+    layer = layer.to("cpu")
+    assert not layer._fragment_ordered and torch.equal(layer.qweight, plain.qweight)
+    assert torch.equal(layer(x), plain(x))

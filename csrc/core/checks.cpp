@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include "core/bitpack.h"
+#include "core/fragment_order.h"
 
 namespace gptq_kernels {
 namespace core {
@@ -117,6 +118,12 @@ void check_packed(const char* op, const at::Tensor& packed, int64_t bits) {
   check_int32_matrix(op, "packed", packed);
   TORCH_CHECK(packed.size(0) % bits == 0, op, ": packed.size(0) = ", packed.size(0),
               " must be a multiple of bits = ", bits, " (32 values fill `bits` words)");
+}
+
+void check_fragment_order_bits(const char* op, int64_t bits) {
+  check_bits(op, bits);
+  TORCH_CHECK(has_fragment_order(bits), op, ": fragment order exists for 2- and 4-bit weights only, got bits = ",
+              bits, " (3- and 8-bit layers keep the checkpoint order)");
 }
 
 void check_permute_rows_args(const char* op, const at::Tensor& packed, const at::Tensor& perm, int64_t bits) {

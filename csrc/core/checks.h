@@ -38,6 +38,8 @@ void check_packed(const char* op, const at::Tensor& packed, int64_t bits);
 
 // permute_rows' arguments: packed as check_packed, perm int64 [K] (K = packed.size(0) / bits * 32) on
 // packed's device. Does not read values; check_permutation_values does, for host memory (CPU op).
+// bits has a fragment order (core/fragment_order.h): 2 or 4.
+void check_fragment_order_bits(const char* op, int64_t bits);
 void check_permute_rows_args(const char* op, const at::Tensor& packed, const at::Tensor& perm, int64_t bits);
 void check_permutation_values(const char* op, const at::Tensor& perm);
 

@@ -287,10 +287,10 @@ at::Tensor dequantize_then_gemm(const core::QuantGeometry& geo, const at::Tensor
   return y;
 }
 
-at::Tensor gemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros,
-                    const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
-                    const c10::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
-  constexpr const char* op = "gptq_kernels.gemm";
+// gemm on a weight in checkpoint order; `op` names the op the caller was called as, for error messages.
+at::Tensor checked_gemm(const char* op, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros,
+                        const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
+                        const c10::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
   const core::QuantGeometry geo =
       core::check_quantized_weight(op, qweight, qzeros, scales, g_idx, bits, group_size);
   core::check_activations(op, x, geo, qweight);
@@ -316,9 +316,33 @@ at::Tensor gemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Te
   return y.to(x.scalar_type()).view(out_shape);
 }
 
+at::Tensor gemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros,
+                    const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
+                    const c10::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+  return checked_gemm("gptq_kernels.gemm", x, qweight, qzeros, scales, g_idx, bias, bits, group_size);
+}
+
+// The CPU kernels read the checkpoint order, so this converts the weight back for every call: a reference for
+// tests and for layers moved between devices, not a fast path (QuantLinear keeps CPU layers in checkpoint order).
+at::Tensor gemm_fragment_ordered_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros,
+                                     const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
+                                     const c10::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+  constexpr const char* op = "gptq_kernels.gemm_fragment_ordered";
+  core::check_fragment_order_bits(op, bits);
+  core::check_quantized_weight(op, qweight, qzeros, scales, g_idx, bits, group_size);  // errors name this op
+  const at::Tensor checkpoint_order = c10::Dispatcher::singleton()
+                                          .findSchemaOrThrow("gptq_kernels::from_fragment_order", "")
+                                          .typed<at::Tensor(const at::Tensor&, int64_t)>()
+                                          .call(qweight, bits);
+  return checked_gemm(op, x, checkpoint_order, qzeros, scales, g_idx, bias, bits, group_size);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gptq_kernels, CPU, m) { m.impl("gemm", &gemm_cpu); }
+TORCH_LIBRARY_IMPL(gptq_kernels, CPU, m) {
+  m.impl("gemm", &gemm_cpu);
+  m.impl("gemm_fragment_ordered", &gemm_fragment_ordered_cpu);
+}
 
 }  // namespace cpu
 }  // namespace gptq_kernels

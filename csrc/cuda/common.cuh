@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "core/bitpack.h"
+#include "core/fragment_order.h"
 
 // Kernel launches are written GPTQ_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...) rather than with
 // <<< >>>, so that the same sources also compile as plain C++ on top of the CPU emulator in tests/emulation
@@ -59,6 +60,7 @@ struct FusedGemmParams {
   const int32_t* g_idx;      // [k] or nullptr (then g = k / group_size)
   int group_size;            // -1: one group
   int groups;
+  bool fragment_order;       // qweight in fragment order (core/fragment_order.h; 2- and 4-bit only)
   int m, k, n;
   int blocks_per_cta;        // 32-row blocks of K per CTA (grid.z = ceil(k / 32 / blocks_per_cta));
                              // the tensor-core kernel needs whole K tiles (an even count)
@@ -109,6 +111,10 @@ class GroupCursor {
   __device__ __forceinline__ int at(int64_t row) {
     while (row >= next_) ++group_, next_ += size_;
     return min(group_, groups_ - 1);
+  }
+  // The group of `row`: group_at when the layer has a g_idx, else at(row).
+  __device__ __forceinline__ int group_of(const int32_t* g_idx, int64_t row, int group_size) {
+    return g_idx == nullptr ? at(row) : group_at(g_idx, row, group_size, groups_);
   }
 
  private:

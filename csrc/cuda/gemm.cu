@@ -3,13 +3,14 @@
 // plan_gemm (gemm_plan.cuh) from shapes, dtypes and alignment only:
 //  * fp16/bf16 x with at most 8 rows: the fused GEMV kernel (gemv_kernel.cuh), which streams the packed weight
 //    once and never forms the dequantized matrix;
-//  * fp16/bf16 x with up to 256 rows: the tensor-core kernel (gemm_mma_kernel.cuh), which dequantizes tiles into
-//    shared memory and multiplies them with mma.sync (sm_80 and later; GPTQ_KERNELS_NO_MMA=1 turns it off, and
+//  * fp16/bf16 x with up to 256 rows: the tensor-core kernel (gemm_mma_kernel.cuh), which decodes packed tiles
+//    from shared memory into its B fragments and multiplies them with mma.sync (sm_80 and later; GPTQ_KERNELS_NO_MMA=1 turns it off, and
 //    then up to 32 rows take the GEMV kernel in row tiles of 8);
 //  * everything else (larger batches, fp32 x, misaligned tensors): dequantize W^T to x's dtype with the layout
 //    kernel, then one cuBLAS GEMM with the bias fused (addmm). Correct for every input the op accepts.
 // Both fused kernels split K over CTAs when the output tiles alone cannot fill the GPU; the partial sums then go
-// through a small workspace and a second kernel (gemm_fused.cu).
+// through a small workspace and a second kernel (gemm_fused.cu). `gemm_fragment_ordered` is the same op for
+// 2- and 4-bit weights in fragment order (core/fragment_order.h): every path above reads it.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -59,7 +60,7 @@ int64_t mma_min_rows() {
 FusedGemmParams fused_params(const core::QuantGeometry& geo, const at::Tensor& x2, const at::Tensor& qweight,
                              const at::Tensor& qzeros, const at::Tensor& scales,
                              const c10::optional<at::Tensor>& g_idx, const c10::optional<at::Tensor>& bias,
-                             const GemmPlan& plan, at::Tensor& workspace, at::Tensor& y) {
+                             bool fragment_order, const GemmPlan& plan, at::Tensor& workspace, at::Tensor& y) {
   const int64_t m = x2.size(0);
   if (plan.splits > 1) workspace = at::empty({plan.splits, m, geo.n}, x2.options().dtype(at::kFloat));
   FusedGemmParams p{};
@@ -72,6 +73,7 @@ FusedGemmParams fused_params(const core::QuantGeometry& geo, const at::Tensor& x
   p.g_idx = g_idx.has_value() ? g_idx->data_ptr<int32_t>() : nullptr;
   p.group_size = kernel_group_size(geo);
   p.groups = static_cast<int>(geo.groups);
+  p.fragment_order = fragment_order;
   p.m = static_cast<int>(m);
   p.k = static_cast<int>(geo.k);
   p.n = static_cast<int>(geo.n);
@@ -86,19 +88,23 @@ FusedGemmParams fused_params(const core::QuantGeometry& geo, const at::Tensor& x
 // The general path: W^T dequantized to x's dtype, then cuBLAS (with the bias in its epilogue).
 at::Tensor dequantize_then_gemm(const core::QuantGeometry& geo, const at::Tensor& x2, const at::Tensor& qweight,
                                 const at::Tensor& qzeros, const at::Tensor& scales,
-                                const c10::optional<at::Tensor>& g_idx, const c10::optional<at::Tensor>& bias) {
+                                const c10::optional<at::Tensor>& g_idx, const c10::optional<at::Tensor>& bias,
+                                bool fragment_order) {
   at::Tensor w = at::empty({geo.k, geo.n}, x2.options());
-  launch_dequantize(dequant_params(geo, qweight, qzeros, scales, g_idx), static_cast<int>(geo.bits),
+  DequantParams dp = dequant_params(geo, qweight, qzeros, scales, g_idx);
+  dp.fragment_order = fragment_order;
+  launch_dequantize(dp, static_cast<int>(geo.bits),
                     float_type_of(x2.scalar_type()), w.data_ptr(), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (bias.has_value()) return at::addmm(bias->to(x2.scalar_type()), x2, w);
   return at::mm(x2, w);
 }
 
-at::Tensor gemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros,
-                     const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
-                     const c10::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
-  constexpr const char* op = "gptq_kernels.gemm";
+// Both gemm ops; fragment_order: qweight in fragment order (gemm_fragment_ordered).
+at::Tensor gemm_any_order(const char* op, bool fragment_order, const at::Tensor& x, const at::Tensor& qweight,
+                          const at::Tensor& qzeros, const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
+                          const c10::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+  if (fragment_order) core::check_fragment_order_bits(op, bits);
   const core::QuantGeometry geo = core::check_quantized_weight(op, qweight, qzeros, scales, g_idx, bits, group_size);
   core::check_activations(op, x, geo, qweight);
   core::check_bias(op, bias, geo, qweight);
@@ -128,19 +134,36 @@ at::Tensor gemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::T
   problem.mma_min_rows = mma_min_rows();
   const GemmPlan plan = plan_gemm(problem);
   if (plan.path == GemmPath::kDequantizeThenGemm) {
-    return dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx, bias).view(out_shape);
+    return dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx, bias, fragment_order).view(out_shape);
   }
   at::Tensor y = at::empty({m, geo.n}, x.options());
   at::Tensor workspace;
-  const FusedGemmParams p = fused_params(geo, x2, qweight, qzeros, scales, g_idx, bias, plan, workspace, y);
+  const FusedGemmParams p =
+      fused_params(geo, x2, qweight, qzeros, scales, g_idx, bias, fragment_order, plan, workspace, y);
   C10_CUDA_CHECK(launch_fused_gemm(plan, static_cast<int>(geo.bits), p, act_type_of(x2),
                                    c10::cuda::getCurrentCUDAStream()));
   return y.view(out_shape);
 }
 
+at::Tensor gemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros,
+                     const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
+                     const c10::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+  return gemm_any_order("gptq_kernels.gemm", false, x, qweight, qzeros, scales, g_idx, bias, bits, group_size);
+}
+
+at::Tensor gemm_fragment_ordered_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros,
+                                      const at::Tensor& scales, const c10::optional<at::Tensor>& g_idx,
+                                      const c10::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+  return gemm_any_order("gptq_kernels.gemm_fragment_ordered", true, x, qweight, qzeros, scales, g_idx, bias, bits,
+                        group_size);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gptq_kernels, CUDA, m) { m.impl("gemm", &gemm_cuda); }
+TORCH_LIBRARY_IMPL(gptq_kernels, CUDA, m) {
+  m.impl("gemm", &gemm_cuda);
+  m.impl("gemm_fragment_ordered", &gemm_fragment_ordered_cuda);
+}
 
 }  // namespace cuda
 }  // namespace gptq_kernels

@@ -8,7 +8,9 @@
 //      chunks are fixed, so their addresses are computed once;
 //   2. each of the 4 warps owns BN / 4 columns and decodes its B fragments straight from the packed words into
 //      registers, q - zero exactly in fp16x2/bf16x2 (FragmentDecode: byte permute, mask, one fused multiply-add
-//      per pair of values); no dequantized tile goes through shared memory, so there is one barrier per K tile;
+//      per pair of values); no dequantized tile goes through shared memory, so there is one barrier per K tile.
+//      2- and 4-bit weights in fragment order (core/fragment_order.h, FragmentOrderDecode) take one load per
+//      block and column instead of `bits`, from a tile whose words are swizzled against bank conflicts;
 //   3. ldmatrix loads the A fragments of x, and each warp runs MT x NT mma per 16 rows of K into fp32
 //      accumulators of sum x (q - zero), which are scaled into the output sums when the group changes (as in
 //      the GEMV kernel: exact products, scales of any dtype). A block whose rows mix groups (unsorted act-order,

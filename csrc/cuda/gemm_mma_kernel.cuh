@@ -113,6 +113,32 @@ struct MagicPair {
   static constexpr int kMantissaBits = kHalf ? 10 : 7;
 };
 
+// pair * multiplier + offset in T's paired type (HFMA2), on the raw bits of three registers.
+template <typename T>
+__device__ __forceinline__ uint32_t magic_fma(uint32_t pair, uint32_t multiplier, uint32_t offset) {
+  using Pair = typename MagicPair<T>::Pair;
+  Pair a, m, c;  // (void* destinations: the pair types have user-defined assignment, but are plain bits)
+  memcpy(static_cast<void*>(&a), &pair, 4);
+  memcpy(static_cast<void*>(&m), &multiplier, 4);
+  memcpy(static_cast<void*>(&c), &offset, 4);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // No bf16x2 FMA before sm_80, where this kernel never runs (plan_gemm); the fp32 form keeps it compiling.
+  Pair r;
+  if constexpr (MagicPair<T>::kHalf) {
+    const float2 fa = __half22float2(a), fm = __half22float2(m), fc = __half22float2(c);
+    r = __floats2half2_rn(fmaf(fa.x, fm.x, fc.x), fmaf(fa.y, fm.y, fc.y));
+  } else {
+    const float2 fa = __bfloat1622float2(a), fm = __bfloat1622float2(m), fc = __bfloat1622float2(c);
+    r = __floats2bfloat162_rn(fmaf(fa.x, fm.x, fc.x), fmaf(fa.y, fm.y, fc.y));
+  }
+#else
+  const Pair r = __hfma2(a, m, c);
+#endif
+  uint32_t out;
+  memcpy(&out, &r, 4);
+  return out;
+}
+
 template <typename T, int BITS>
 struct FragmentDecode {
   using Magic = MagicPair<T>;
@@ -176,32 +202,53 @@ struct FragmentDecode {
   // (1, 2^-kHighShift) and offset = (-(magic + zero), -(magic 2^-kHighShift + zero)), built per group.
   template <int KH, int E>
   __device__ __forceinline__ uint32_t decode(const uint32_t (&w)[BITS], uint32_t multiplier, uint32_t offset) const {
-    using Pair = typename Magic::Pair;
-    const uint32_t h = magic_pair<KH, E>(w);
-    Pair a, m, c;  // (void* destinations: the pair types have user-defined assignment, but are plain bits)
-    memcpy(static_cast<void*>(&a), &h, 4);
-    memcpy(static_cast<void*>(&m), &multiplier, 4);
-    memcpy(static_cast<void*>(&c), &offset, 4);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-    // No bf16x2 FMA before sm_80, where this kernel never runs (plan_gemm); the fp32 form keeps it compiling.
-    Pair r;
-    if constexpr (Magic::kHalf) {
-      const float2 fa = __half22float2(a), fm = __half22float2(m), fc = __half22float2(c);
-      r = __floats2half2_rn(fmaf(fa.x, fm.x, fc.x), fmaf(fa.y, fm.y, fc.y));
-    } else {
-      const float2 fa = __bfloat1622float2(a), fm = __bfloat1622float2(m), fc = __bfloat1622float2(c);
-      r = __floats2bfloat162_rn(fmaf(fa.x, fm.x, fc.x), fmaf(fa.y, fm.y, fc.y));
-    }
-#else
-    const Pair r = __hfma2(a, m, c);
-#endif
-    uint32_t out;
-    memcpy(&out, &r, 4);
-    return out;
+    return magic_fma<T>(magic_pair<KH, E>(w), multiplier, offset);
   }
 };
 
-template <typename T, int BITS, int MT>
+// The same decode for weights in fragment order (core/fragment_order.h), where lane t's eight values of a block
+// and column sit in one word (4-bit: word t) or half word (2-bit: half t % 2 of word t / 2), pair p's low value
+// at bit BITS p of the low half and its high value at the same bit of the high half. One load per block and
+// column; per pair a mask and one fused multiply-add, and a shift every kPairsPerShift pairs: a shifted pair
+// (values at bit BITS of each half) needs 2 BITS mantissa bits, which bf16 lacks at 4 bits.
+template <typename T, int BITS>
+struct FragmentOrderDecode {
+  static_assert(core::has_fragment_order(BITS), "fragment order exists for 2- and 4-bit weights only");
+  using Magic = MagicPair<T>;
+  static constexpr int kPairsPerShift = 2 * BITS <= Magic::kMantissaBits ? 2 : 1;
+  static constexpr int kHighShift = kPairsPerShift == 2 ? BITS : 0;  // where odd pairs sit (their multiplier)
+
+  uint32_t selector;  // 2-bit: bytes 2 (t % 2) and 2 (t % 2) + 1 of the word into bytes 0 and 2
+
+  __device__ __forceinline__ explicit FragmentOrderDecode(int lane_t)
+      : selector(lane_t % 2 ? 0x4342u : 0x4140u) {}
+
+  // Word of the block, among its BITS words, that holds lane t's values.
+  static __device__ __forceinline__ int lane_word(int lane_t) { return BITS == 4 ? lane_t : lane_t / 2; }
+
+  // Lane t's values with pair p's low value at bits BITS p and its high value at bits 16 + BITS p.
+  __device__ __forceinline__ uint32_t lane_values(uint32_t word) const {
+    if constexpr (BITS == 4) return word;
+    return __byte_perm(word, 0u, selector);
+  }
+
+  // q - zero of pair P, exactly, in T. Pairs at bit 0 of their halves take multiplier[0] = (1, 1) and offset[0]
+  // = -(magic + zero) in both halves; pairs at bit kHighShift take multiplier[1] and offset[1], scaled by
+  // 2^-kHighShift as in FragmentDecode.
+  template <int P>
+  __device__ __forceinline__ uint32_t decode(uint32_t lane, const uint32_t (&multiplier)[2],
+                                             const uint32_t (&offset)[2]) const {
+    constexpr int kOdd = P % kPairsPerShift;
+    constexpr uint32_t kMask = (core::value_mask(BITS) * 0x10001u) << (BITS * kOdd);
+    const uint32_t h = and_or(lane >> (BITS * (P - kOdd)), kMask, Magic::kBits);
+    return magic_fma<T>(h, multiplier[kOdd], offset[kOdd]);
+  }
+};
+
+// FRAGMENT: qweight in fragment order (2- and 4-bit). Its shared-memory tile is then swizzled: word w of each
+// block is stored with its column index XOR 8w, so the lanes of a warp, which read different words of a block
+// (lane t: the word FragmentOrderDecode::lane_word(t)), hit 32 different banks.
+template <typename T, int BITS, int MT, bool FRAGMENT>
 __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(const FusedGemmParams p) {
   constexpr int BM = 16 * MT;
   constexpr int NT = mma_n8_tiles(MT);                         // n8 tiles per warp
@@ -212,7 +259,8 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
   constexpr int kXChunksPerRow = kMmaTileK * 2 / 16;           // 16-byte chunks per x tile row: 8
   constexpr int kWChunksPerRow = BN * 4 / 16;                  // 16-byte chunks per packed row
   constexpr unsigned kFullMask = 0xffffffffu;
-  using Decode = FragmentDecode<T, BITS>;
+  using Decode = std::conditional_t<FRAGMENT, FragmentOrderDecode<T, BITS>, FragmentDecode<T, BITS>>;
+  constexpr int kOffsets = FRAGMENT ? 2 : 1;  // offset pairs per column (FragmentOrderDecode: shift 0 and kHighShift)
 
   unsigned char* smem_raw = dynamic_shared_memory();
   T* xs = reinterpret_cast<T*>(smem_raw);                                     // [stages][BM][72]
@@ -255,7 +303,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
     const int c = tid + i * kMmaThreads, r = c / kWChunksPerRow, nc = c % kWChunksPerRow;
     w_column[i] = c < kWChunks && n_tile + nc * 4 < p.n;
     w_src[i] = p.qweight + (w_column[i] ? (static_cast<int64_t>(kb_begin) * BITS + r) * p.n + n_tile + nc * 4 : 0);
-    w_dst[i] = r * BN + nc * 4;
+    w_dst[i] = r * BN + (FRAGMENT ? (nc * 4) ^ (8 * (r % BITS)) : nc * 4);
     w_block[i] = r / BITS;
   }
   // Issues the copies of the next K tile (tiles are loaded in order) into stage `stage`; `tile` is its index.
@@ -287,11 +335,19 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
     d_column[nt] = min(warp_n + nt * 8 + 2 * ft, p.n - 2);
   }
   const Decode decoder(ft);
-  const uint32_t multiplier = MmaOps<T>::pack2(1.f, 1.f / static_cast<float>(1 << Decode::kHighShift));
+  constexpr float kHighScale = 1.f / static_cast<float>(1 << Decode::kHighShift);
+  const uint32_t multiplier = MmaOps<T>::pack2(1.f, kHighScale);
+  const uint32_t multipliers[2] = {MmaOps<T>::pack2(1.f, 1.f), MmaOps<T>::pack2(kHighScale, kHighScale)};
+  // Fragment order: this lane's word of each block (among its BITS words), and where the word of column
+  // b_column sits in the swizzled tile.
+  int lane_word = 0, lane_column[NT];
+  if constexpr (FRAGMENT) lane_word = Decode::lane_word(ft);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) lane_column[nt] = (warp * 8 * NT + nt * 8 + fg) ^ (8 * lane_word);
   int current_group = -1;
   float2 scale[NT];        // the current group's scales of columns d_column, d_column + 1
   float zero[NT];          // kMagicFloat + the current group's zero point of column b_column (fp32 decode)
-  uint32_t offset[NT];     // the register decode's offset pair for that zero point (FragmentDecode::decode)
+  uint32_t offset[NT][kOffsets];  // the register decode's offset pairs for that zero point (Decode::decode)
   float acc[MT][NT][4];    // sum of x (q - zero) within the current group
   float out[MT][NT][4];    // sum over finished groups of scale * acc, plus the blocks that mix groups
 #pragma unroll
@@ -333,6 +389,17 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
     }
   };
 
+  // Value of row j (0..31) of block `blk` of the tile in `stage`, column `column` of the tile.
+  auto packed_value = [&](int stage, int blk, int column, int j) -> uint32_t {
+    const uint32_t* block = ws + stage * kWStageWords + blk * BITS * BN;
+    if constexpr (FRAGMENT) {
+      const int pos = core::fragment_position(j), w = core::word_of(pos, BITS);
+      return (block[w * BN + (column ^ (8 * w))] >> core::shift_of(pos, BITS)) & core::value_mask(BITS);
+    } else {
+      return core::extract(block + column, BN, j, BITS);
+    }
+  };
+
   // Block `blk` of the K tile in `stage`: decodes the warp's B fragments straight from the packed words in shared
   // memory and multiplies them with the x tile. lane_group: the group of row `lane` of the block.
   auto multiply_block = [&](int stage, int blk, int lane_group) {
@@ -349,21 +416,32 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
           scale[nt] = make_float2(load_float(p.scales, row + d_column[nt], p.scale_type),
                                   load_float(p.scales, row + d_column[nt] + 1, p.scale_type));
           zero[nt] = magic_zero<BITS>(p.qzeros, g, p.n, b_column[nt]);
-          const float z = zero[nt] - kMagicFloat;
-          offset[nt] = MmaOps<T>::pack2(-(MagicPair<T>::kValue + z),
-                                        -(MagicPair<T>::kValue / static_cast<float>(1 << Decode::kHighShift) + z));
+          const float z = zero[nt] - kMagicFloat, magic = MagicPair<T>::kValue;
+          if constexpr (FRAGMENT) {
+            offset[nt][0] = MmaOps<T>::pack2(-(magic + z), -(magic + z));
+            offset[nt][1] = MmaOps<T>::pack2(-(magic * kHighScale + z), -(magic * kHighScale + z));
+          } else {
+            offset[nt][0] = MmaOps<T>::pack2(-(magic + z), -(magic * kHighScale + z));
+          }
         }
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        if constexpr (Decode::kAvailable) {
+        if constexpr (FRAGMENT) {
+          const uint32_t* block = ws + stage * kWStageWords + (blk * BITS + lane_word) * BN;
+          const uint32_t lane_values = decoder.lane_values(block[lane_column[nt]]);
+          frag[0][nt][0] = decoder.template decode<0>(lane_values, multipliers, offset[nt]);
+          frag[0][nt][1] = decoder.template decode<1>(lane_values, multipliers, offset[nt]);
+          frag[1][nt][0] = decoder.template decode<2>(lane_values, multipliers, offset[nt]);
+          frag[1][nt][1] = decoder.template decode<3>(lane_values, multipliers, offset[nt]);
+        } else if constexpr (Decode::kAvailable) {
           uint32_t w[BITS];
 #pragma unroll
           for (int i = 0; i < BITS; ++i) w[i] = words[nt * 8 + i * BN];
-          frag[0][nt][0] = decoder.template decode<0, 0>(w, multiplier, offset[nt]);
-          frag[0][nt][1] = decoder.template decode<0, 1>(w, multiplier, offset[nt]);
-          frag[1][nt][0] = decoder.template decode<1, 0>(w, multiplier, offset[nt]);
-          frag[1][nt][1] = decoder.template decode<1, 1>(w, multiplier, offset[nt]);
+          frag[0][nt][0] = decoder.template decode<0, 0>(w, multiplier, offset[nt][0]);
+          frag[0][nt][1] = decoder.template decode<0, 1>(w, multiplier, offset[nt][0]);
+          frag[1][nt][0] = decoder.template decode<1, 0>(w, multiplier, offset[nt][0]);
+          frag[1][nt][1] = decoder.template decode<1, 1>(w, multiplier, offset[nt][0]);
         } else {  // 8-bit weights under bf16: q - zero in fp32 (exact: |q - zero| < 2^8), then to bf16 (exact too)
 #pragma unroll
           for (int kh = 0; kh < 2; ++kh) {
@@ -389,6 +467,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
         int n = b_column[0];
 #pragma unroll
         for (int c = 1; c < NT; ++c) n = nt == c ? b_column[c] : n;  // register indices must be compile-time
+        const int column = warp * 8 * NT + nt * 8 + fg;  // in the tile
         float v[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -396,7 +475,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
           const int gj = __shfl_sync(kFullMask, lane_group, j);
           const float s = load_float(p.scales, static_cast<int64_t>(gj) * p.n + n, p.scale_type);
           const float z = magic_zero<BITS>(p.qzeros, gj, p.n, n);
-          v[h] = (magic_float(core::extract(words + nt * 8, BN, j, BITS)) - z) * s;
+          v[h] = (magic_float(packed_value(stage, blk, column, j)) - z) * s;
         }
         const uint32_t pair = MmaOps<T>::pack2(v[0], v[1]);
 #pragma unroll
@@ -416,11 +495,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
     for (int blk = 0; blk < kMmaTileBlocks; ++blk) {
       const int b = kb_begin + tile * kMmaTileBlocks + blk;
       const int64_t row = static_cast<int64_t>(b) * core::kBlockValues + lane;
-      if (p.g_idx == nullptr) {
-        groups[blk] = cursor.at(row);
-      } else {
-        groups[blk] = b < kb_end ? group_at(p.g_idx, row, p.group_size, p.groups) : 0;
-      }
+      groups[blk] = b < kb_end ? cursor.group_of(p.g_idx, row, p.group_size) : 0;
     }
   };
   int groups_now[kMmaTileBlocks], groups_next[kMmaTileBlocks] = {};
@@ -480,10 +555,10 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
   }
 }
 
-template <typename T, int BITS, int MT>
-cudaError_t launch_mma_typed(const FusedGemmParams& p, dim3 grid, cudaStream_t stream) {
+template <typename T, int BITS, int MT, bool FRAGMENT>
+cudaError_t launch_mma_order(const FusedGemmParams& p, dim3 grid, cudaStream_t stream) {
   constexpr size_t smem = mma_smem_bytes(BITS, MT);
-  auto kernel = gemm_mma_kernel<T, BITS, MT>;
+  auto kernel = gemm_mma_kernel<T, BITS, MT, FRAGMENT>;
   // Above 48 KB of dynamic shared memory a kernel must opt in (a host-side attribute, no synchronisation).
   if (smem > 48 * 1024) {
     const cudaError_t error =
@@ -492,6 +567,14 @@ cudaError_t launch_mma_typed(const FusedGemmParams& p, dim3 grid, cudaStream_t s
   }
   GPTQ_LAUNCH(grid, kMmaThreads, smem, stream, kernel)(p);
   return cudaSuccess;
+}
+
+template <typename T, int BITS, int MT>
+cudaError_t launch_mma_typed(const FusedGemmParams& p, dim3 grid, cudaStream_t stream) {
+  if constexpr (core::has_fragment_order(BITS)) {
+    if (p.fragment_order) return launch_mma_order<T, BITS, MT, true>(p, grid, stream);
+  }
+  return launch_mma_order<T, BITS, MT, false>(p, grid, stream);
 }
 
 template <int BITS>

@@ -59,16 +59,17 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
 
   for (int stage = kb_begin; stage < kb_end; stage += kStageBlocks) {
     __syncthreads();  // every warp is done with the previous stage's x
-    // A warp stages 32 consecutive values, one block of one row, per iteration, and adds them up.
+    // A warp stages 32 consecutive values, one block of one row, per iteration, and adds them up. Staged value
+    // j of a block is the x of the row stored at position j: row j, or fragment_row(j) in fragment order.
     static_assert(kStageValues % kGemvThreads == 0 && kGemvThreads % core::kBlockValues == 0, "warp = block");
     for (int i = threadIdx.x; i < ROWS * kStageValues; i += kGemvThreads) {
-      const int r = i / kStageValues, kk = i % kStageValues;
+      const int r = i / kStageValues, kk = i % kStageValues, j = kk % core::kBlockValues;
       const int64_t k = static_cast<int64_t>(stage) * core::kBlockValues + kk;
       float v = 0.f;
       if (row0 + r < p.m && k < static_cast<int64_t>(kb_end) * core::kBlockValues) {
-        v = FloatConvert<T>::to_float(x[(row0 + r) * p.ldx + k]);
+        v = FloatConvert<T>::to_float(x[(row0 + r) * p.ldx + k - j + (p.fragment_order ? core::fragment_row(j) : j)]);
       }
-      smem[i] = v * exp2_int(-inplace_position<BITS>(kk % core::kBlockValues));
+      smem[i] = v * exp2_int(-inplace_position<BITS>(j));
 #pragma unroll
       for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
       if (lane == 0) x_sums[r * kStageBlocks + kk / core::kBlockValues] = v;
@@ -94,7 +95,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
             w[i][3][word] = v.w;
           }
           const int64_t row = static_cast<int64_t>(b) * core::kBlockValues + lane;
-          lane_group[i] = p.g_idx == nullptr ? cursor.at(row) : group_at(p.g_idx, row, p.group_size, p.groups);
+          lane_group[i] = cursor.group_of(p.g_idx, row, p.group_size);
         }
       }
 #pragma unroll
@@ -141,7 +142,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const FusedGemmParam
           const uint32_t* block = p.qweight + static_cast<int64_t>(b) * BITS * p.n + n0;
 #pragma unroll 1
           for (int j = 0; j < core::kBlockValues; ++j) {
-            const int gj = __shfl_sync(kFullMask, lane_group[i], j);
+            const int gj = __shfl_sync(kFullMask, lane_group[i], p.fragment_order ? core::fragment_row(j) : j);
             const float unscale = exp2_int(inplace_position<BITS>(j));  // x was staged times 2^-p
 #pragma unroll
             for (int c = 0; c < kColumnsPerThread; ++c) {

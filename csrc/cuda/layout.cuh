@@ -23,6 +23,7 @@ struct DequantParams {
   const int32_t* g_idx;     // [k] or nullptr (then g = k / group_size)
   int group_size;           // -1: one group
   int groups;
+  bool fragment_order;      // qweight in fragment order (core/fragment_order.h; 2- and 4-bit only)
   int64_t k, n;
 };
 

@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(kLayoutThreads) dequantize_kernel(const Dequan
     float scale = 0.f, zero = 0.f;  // zero holds kMagicFloat + zero point
 #pragma unroll
     for (int j = 0; j < core::kBlockValues; ++j) {
-      const int64_t k = b * core::kBlockValues + j;
+      const int64_t k = b * core::kBlockValues + (p.fragment_order ? core::fragment_row(j) : j);
       // The group lookup is a broadcast load (one g_idx entry per warp); scale and zero are re-read only
       // when the group changes, which for sorted g_idx is at most once or twice per block.
       const int g = group_at(p.g_idx, k, p.group_size, p.groups);

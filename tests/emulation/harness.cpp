@@ -153,6 +153,7 @@ void fill_weight_fields(Params& p, const Job& job, const WeightArrays& w) {
   p.g_idx = w.g_idx.bytes > 0 ? w.g_idx.as<int32_t>() : nullptr;
   p.group_size = static_cast<int>(job.num("group_size"));
   p.groups = static_cast<int>(job.num("groups"));
+  p.fragment_order = job.num("fragment_order", 0) != 0;
 }
 
 const char* path_name(GemmPath path) {
