@@ -217,6 +217,9 @@ def test_emulated_gemm_matches_float64_reference(harness, tmp_path, bits, dtype,
             y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, mode=mode)
             assert plan["path"] == path
             assert_close_to_reference(y, x, w_t)
+            if not act_order and rows in (3, 33):  # no g_idx, as QuantLinear calls it: groups counted per block
+                y, _ = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, g_idx=None, mode=mode)
+                assert_close_to_reference(y, x, w_t)
         if act_order:  # sorted by group, as QuantLinear stores act-order layers: the kernels' one-group fast path
             perm = torch.argsort(g_idx, stable=True)
             sorted_tensors = dict(tensors, qweight=pack_bitstream(q[perm].contiguous(), bits), g_idx=g_idx[perm])
@@ -244,23 +247,26 @@ def test_emulated_fragment_order_matches_float64_reference(harness, tmp_path, bi
         for rows, path, mma_min_rows in ((1, "gemv", 9), (6, "gemv", 9), (3, "mma", 1), (9, "mma", 9),
                                          (40, "mma", 9), (100, "mma", 9)):
             x = torch.randn(rows, k).to(dtype)
-            y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, mode=mode,
-                                    mma_min_rows=mma_min_rows, fragment_order=True)
-            assert plan["path"] == path
-            assert_close_to_reference(y, x, w_t)
+            for g in ("given", None) if not act_order else ("given",):
+                y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, mode=mode, g_idx=g,
+                                        mma_min_rows=mma_min_rows, fragment_order=True)
+                assert plan["path"] == path
+                assert_close_to_reference(y, x, w_t)
 
 
 @pytest.mark.parametrize("sms", [1, H100_SMS])
 def test_emulated_fragment_order_long_k(harness, tmp_path, sms):
-    # K = 2080: several K tiles per CTA and an odd last block; with 132 SMs, split K.
+    # K = 2080: several K tiles per CTA and an odd last block; with 132 SMs, split K, CTAs starting inside groups
+    # of 128 (their group counted per block from the CTA's first block).
     k, n, bits = 2080, 256, 4
-    tensors, q, scale, zero, g_idx = random_layer(k, n, bits, 64)
+    tensors, q, scale, zero, g_idx = random_layer(k, n, bits, 128)
     w_t = expected_weight_t(q, scale, zero, g_idx)
     tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
     bias = torch.randn(n, dtype=torch.float16)
     for rows in (2, 20, 64):
         x = torch.randn(rows, k, dtype=torch.float16)
-        y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, 64, bias=bias, sms=sms, fragment_order=True)
+        y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, 128, bias=bias, sms=sms, fragment_order=True,
+                                g_idx=None)
         assert_close_to_reference(y, x, w_t, bias)
 
 

@@ -401,12 +401,18 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
   };
 
   // Block `blk` of the K tile in `stage`: decodes the warp's B fragments straight from the packed words in shared
-  // memory and multiplies them with the x tile. lane_group: the group of row `lane` of the block.
-  auto multiply_block = [&](int stage, int blk, int lane_group) {
+  // memory and multiplies them with the x tile. lane_group: the group of row `lane` of the block, or with
+  // block_group set, the group of the whole block.
+  auto multiply_block = [&](int stage, int blk, int lane_group, bool block_group) {
     const uint32_t* words = ws + stage * kWStageWords + blk * BITS * BN + warp * 8 * NT + fg;  // + 8 nt
-    const int g = __shfl_sync(kFullMask, lane_group, 0);
+    int g = lane_group;
+    bool one_group = true;
+    if (!block_group) {
+      g = __shfl_sync(kFullMask, lane_group, 0);
+      one_group = __all_sync(kFullMask, lane_group == g);
+    }
     uint32_t frag[2][NT][2];  // [16-row step][n8 tile][register]
-    if (__all_sync(kFullMask, lane_group == g)) {
+    if (one_group) {
       if (g != current_group) {
         if (current_group >= 0) finish_group();
         current_group = g;
@@ -487,8 +493,20 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
     }
   };
 
-  // The group of row `lane` of each block of a K tile: read from g_idx a tile ahead (the load's latency hides
-  // behind a tile of work), or counted forward without g_idx (tiles are visited in order).
+  // Without g_idx and with groups that start on 32-row blocks (the common case: QuantLinear passes no g_idx
+  // for sorted act-order layers either), every block lies in one group, counted forward per block: no
+  // per-lane lookup and no vote. (Not for 8-bit weights: at MT = 2 their kernel would spill.)
+  const bool block_groups =
+      BITS != 8 && p.g_idx == nullptr && (p.group_size == -1 || p.group_size % core::kBlockValues == 0);
+  // The group of the next block, and the first block of the group after it (group_size re-read from the
+  // parameters when it is reached: the kernel is at its register cap).
+  int block_group = 0, next_group_block = kblocks;
+  if (block_groups && p.group_size != -1) {
+    block_group = kb_begin / (p.group_size / core::kBlockValues);
+    next_group_block = (block_group + 1) * (p.group_size / core::kBlockValues);
+  }
+  // Otherwise the group of row `lane` of each block of a K tile: read from g_idx a tile ahead (the load's
+  // latency hides behind a tile of work), or counted forward without g_idx (tiles are visited in order).
   GroupCursor cursor(static_cast<int64_t>(kb_begin) * core::kBlockValues + lane, p.group_size, p.groups);
   auto tile_groups = [&](int tile, int (&groups)[kMmaTileBlocks]) {
 #pragma unroll
@@ -498,8 +516,8 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
       groups[blk] = b < kb_end ? cursor.group_of(p.g_idx, row, p.group_size) : 0;
     }
   };
-  int groups_now[kMmaTileBlocks], groups_next[kMmaTileBlocks] = {};
-  tile_groups(0, groups_now);
+  int groups_now[kMmaTileBlocks] = {}, groups_next[kMmaTileBlocks] = {};
+  if (!block_groups) tile_groups(0, groups_now);
 
   // Multistage pipeline: tile t + kMmaStages - 1 is requested while tile t is decoded and multiplied. One copy
   // group is committed per iteration (empty near the end) so that wait_group counts stay uniform.
@@ -509,7 +527,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
     cp_async_commit();
   }
   for (int tile = 0; tile < tiles; ++tile) {
-    if (tile + 1 < tiles) tile_groups(tile + 1, groups_next);
+    if (!block_groups && tile + 1 < tiles) tile_groups(tile + 1, groups_next);
     cp_async_wait<kMmaStages - 2>();  // this thread's copies of `tile` have landed
     // Everyone's copies of `tile` are visible, and every warp is done with the previous tile, whose stage is
     // refilled next.
@@ -520,7 +538,9 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
 #pragma unroll
     for (int blk = 0; blk < kMmaTileBlocks; ++blk) {
       const int b = kb_begin + tile * kMmaTileBlocks + blk;
-      if (b < kb_end) multiply_block(tile % kMmaStages, blk, groups_now[blk]);  // the last tile may hold one block
+      if (b >= kb_end) break;  // the last tile may hold one block
+      multiply_block(tile % kMmaStages, blk, block_groups ? block_group : groups_now[blk], block_groups);
+      if (b + 1 == next_group_block) ++block_group, next_group_block += p.group_size / core::kBlockValues;
     }
 #pragma unroll
     for (int blk = 0; blk < kMmaTileBlocks; ++blk) groups_now[blk] = groups_next[blk];
