@@ -148,7 +148,10 @@ def test_gemm_shapes_split_k_and_stages(bits, k, n):
     for rows in (1, 2, 5, 8, 20, 64, 200):
         x = torch.randn(rows, k, device="cuda", dtype=torch.float16)
         poison_allocator()
-        assert_close_to_reference(gemm(x, tensors, bits, group_size), x, w_t)
+        y = gemm(x, tensors, bits, group_size)
+        assert_close_to_reference(y, x, w_t)
+        # Without g_idx the tensor-core kernel counts groups per block, also in CTAs that start inside a group.
+        assert torch.equal(gemm(x, tensors, bits, group_size, g_idx=None), y)
 
 
 @pytest.mark.parametrize("group_size", [16, 48, 100, 1000])
@@ -269,6 +272,8 @@ def test_quant_linear_on_cuda_keeps_fragment_order_internal(bits):
     layer.cuda()
     assert layer._fragment_ordered == (bits != 3)
     assert torch.equal(layer(x), y)
+
+
 @pytest.mark.parametrize("rows", [4, 64, 300])
 @pytest.mark.parametrize("act_order", [False, True])
 def test_quant_linear_forward_under_cuda_graph(rows, act_order):

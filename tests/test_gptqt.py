@@ -282,12 +282,19 @@ def test_dead_channels_and_bad_inputs():
 
 
 def test_twice_rounding_and_a_prepared_hessian():
+    # Summed over three layers: on one small layer which rounding wins depends on a few outlier rows (and can
+    # flip with the BLAS build's summation order); at 512 x 128 nearest measured 2-7 % lower on every seed.
+    errors = {"nearest": 0.0, "twice": 0.0}
+    for seed in (1, 2, 3):
+        h = hessian_of(correlated_inputs(512, seed=seed)).float()
+        w = random_weight(128, 512, seed=seed)
+        for rounding in errors:
+            wq = gk.quantize_weight_gptqt(w, h, group_size=64, rounding=rounding).dequantize()
+            errors[rounding] += output_error(w, wq, h)
+    assert errors["nearest"] < errors["twice"]
     k = 256
     h = hessian_of(correlated_inputs(k, seed=3)).float()
     w = random_weight(64, k, seed=3)
-    twice = gk.quantize_weight_gptqt(w, h, group_size=64, rounding="twice")
-    nearest = gk.quantize_weight_gptqt(w, h, group_size=64)
-    assert output_error(w, nearest.dequantize(), h) < 1.05 * output_error(w, twice.dequantize(), h)
     prepared = gk.prepare_hessian(h, desc_act=True)  # what quantize_model shares between q, k and v
     a = gk.quantize_weight_gptqt(w, prepared, group_size=64)
     b = gk.quantize_weight_gptqt(w, h, group_size=64, desc_act=True)
