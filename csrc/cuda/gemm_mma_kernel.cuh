@@ -495,9 +495,9 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
 
   // Without g_idx and with groups that start on 32-row blocks (the common case: QuantLinear passes no g_idx
   // for sorted act-order layers either), every block lies in one group, counted forward per block: no
-  // per-lane lookup and no vote. (Not for 8-bit weights: at MT = 2 their kernel would spill.)
-  const bool block_groups =
-      BITS != 8 && p.g_idx == nullptr && (p.group_size == -1 || p.group_size % core::kBlockValues == 0);
+  // per-lane lookup and no vote. (Not for 8-bit weights at MT = 2: that kernel would spill 4-8 bytes.)
+  const bool block_groups = (BITS != 8 || MT != 2) && p.g_idx == nullptr &&
+                            (p.group_size == -1 || p.group_size % core::kBlockValues == 0);
   // The group of the next block, and the first block of the group after it (group_size re-read from the
   // parameters when it is reached: the kernel is at its register cap).
   int block_group = 0, next_group_block = kblocks;
