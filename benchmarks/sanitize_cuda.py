@@ -5,7 +5,8 @@
 Covers pack, unpack, permute_rows, dequantize (3 output dtypes), the GEMV kernel (1, 2, 4 and 8 rows per CTA), the tensor-core
 kernel (16, 32 and 64 rows per CTA, two row tiles), each with and without split-K, a partial column tile, the
 per-row group path of unsorted act-order g_idx and a bias, and the dequantize + cuBLAS path; for 2 and 4 bits
-the same with the weight in fragment order (gemm_fragment_ordered, to_fragment_order). Also checks the results loosely, so a run that computes garbage fails too.
+the same with the weight in fragment order (gemm_fragment_ordered, to_fragment_order). Also checks the results
+loosely, so a run that computes garbage fails too.
 The BCQ ops too: bcq_dequantize (1 to 3 planes, groups inside and on 32-input blocks) and bcq_gemm's
 lookup-table kernel (2 and 3 planes, 1, 2 and 4 rows per CTA, fp16/bf16/fp32, with and without split-K) and its
 dequantize + cuBLAS path.

@@ -359,19 +359,17 @@ def test_emulated_dequantize_is_exact(harness, tmp_path, bits):
         tensors, q, scale, zero, g_idx = random_layer(576, 96, bits, group_size, act_order=act_order,
                                                       scale_dtype=scale_dtype)
         w_t = expected_weight_t(q, scale, zero, g_idx)
-        job = run_harness(harness, tmp_path, "dequantize", tensors, k=576, n=96, bits=bits,
-                          group_size=min(group_size, 576) if group_size != -1 else -1,
-                          groups=tensors["scales"].shape[0], scale_type=TYPE_NAMES[scale_dtype],
-                          out_type=TYPE_NAMES[out_dtype])
+        shape = dict(k=576, n=96, bits=bits, group_size=min(group_size, 576) if group_size != -1 else -1,
+                     groups=tensors["scales"].shape[0], scale_type=TYPE_NAMES[scale_dtype],
+                     out_type=TYPE_NAMES[out_dtype])
+        job = run_harness(harness, tmp_path, "dequantize", tensors, **shape)
         # (q - zero) * scale is exact in fp32: one rounding, to the output dtype.
         out = _read(job / "out.bin", out_dtype, (576, 96))
         expected = w_t.float().to(out_dtype) if out_dtype != torch.float32 else w_t.float()
         assert torch.equal(out, expected)
         if bits in (2, 4):  # the same weight in fragment order (the large-batch path of gemm_fragment_ordered)
             job = run_harness(harness, tmp_path, "dequantize", dict(tensors, qweight=pack_fragment_order(q, bits)),
-                              k=576, n=96, bits=bits, group_size=min(group_size, 576) if group_size != -1 else -1,
-                              groups=tensors["scales"].shape[0], scale_type=TYPE_NAMES[scale_dtype],
-                              out_type=TYPE_NAMES[out_dtype], fragment_order=1)
+                              fragment_order=1, **shape)
             assert torch.equal(_read(job / "out.bin", out_dtype, (576, 96)), expected)
 
 

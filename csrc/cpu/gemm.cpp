@@ -330,10 +330,10 @@ at::Tensor gemm_fragment_ordered_cpu(const at::Tensor& x, const at::Tensor& qwei
   constexpr const char* op = "gptq_kernels.gemm_fragment_ordered";
   core::check_fragment_order_bits(op, bits);
   core::check_quantized_weight(op, qweight, qzeros, scales, g_idx, bits, group_size);  // errors name this op
-  const at::Tensor checkpoint_order = c10::Dispatcher::singleton()
-                                          .findSchemaOrThrow("gptq_kernels::from_fragment_order", "")
-                                          .typed<at::Tensor(const at::Tensor&, int64_t)>()
-                                          .call(qweight, bits);
+  static const auto from_fragment_order = c10::Dispatcher::singleton()
+                                              .findSchemaOrThrow("gptq_kernels::from_fragment_order", "")
+                                              .typed<at::Tensor(const at::Tensor&, int64_t)>();
+  const at::Tensor checkpoint_order = from_fragment_order.call(qweight, bits);
   return checked_gemm(op, x, checkpoint_order, qzeros, scales, g_idx, bias, bits, group_size);
 }
 

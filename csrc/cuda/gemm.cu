@@ -4,8 +4,8 @@
 //  * fp16/bf16 x with at most 8 rows: the fused GEMV kernel (gemv_kernel.cuh), which streams the packed weight
 //    once and never forms the dequantized matrix;
 //  * fp16/bf16 x with up to 256 rows: the tensor-core kernel (gemm_mma_kernel.cuh), which decodes packed tiles
-//    from shared memory into its B fragments and multiplies them with mma.sync (sm_80 and later; GPTQ_KERNELS_NO_MMA=1 turns it off, and
-//    then up to 32 rows take the GEMV kernel in row tiles of 8);
+//    from shared memory into its B fragments and multiplies them with mma.sync (sm_80 and later;
+//    GPTQ_KERNELS_NO_MMA=1 turns it off, and then up to 32 rows take the GEMV kernel in row tiles of 8);
 //  * everything else (larger batches, fp32 x, misaligned tensors): dequantize W^T to x's dtype with the layout
 //    kernel, then one cuBLAS GEMM with the bias fused (addmm). Correct for every input the op accepts.
 // Both fused kernels split K over CTAs when the output tiles alone cannot fill the GPU; the partial sums then go

@@ -245,9 +245,12 @@ struct FragmentOrderDecode {
   }
 };
 
-// FRAGMENT: qweight in fragment order (2- and 4-bit). Its shared-memory tile is then swizzled: word w of each
-// block is stored with its column index XOR 8w, so the lanes of a warp, which read different words of a block
-// (lane t: the word FragmentOrderDecode::lane_word(t)), hit 32 different banks.
+// Where word `word` (of BITS) of a block of tile column `column` is stored in the swizzled shared-memory tile of
+// fragment-ordered weights: the lanes of a warp, which read different words of a block (lane t: the word
+// FragmentOrderDecode::lane_word(t)), then hit 32 different banks. XOR 8w keeps 4-column copy chunks whole.
+__device__ __forceinline__ int swizzled_column(int column, int word) { return column ^ (8 * word); }
+
+// FRAGMENT: qweight in fragment order (2- and 4-bit); its shared-memory tile is swizzled (swizzled_column).
 template <typename T, int BITS, int MT, bool FRAGMENT>
 __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(const FusedGemmParams p) {
   constexpr int BM = 16 * MT;
@@ -303,7 +306,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
     const int c = tid + i * kMmaThreads, r = c / kWChunksPerRow, nc = c % kWChunksPerRow;
     w_column[i] = c < kWChunks && n_tile + nc * 4 < p.n;
     w_src[i] = p.qweight + (w_column[i] ? (static_cast<int64_t>(kb_begin) * BITS + r) * p.n + n_tile + nc * 4 : 0);
-    w_dst[i] = r * BN + (FRAGMENT ? (nc * 4) ^ (8 * (r % BITS)) : nc * 4);
+    w_dst[i] = r * BN + (FRAGMENT ? swizzled_column(nc * 4, r % BITS) : nc * 4);
     w_block[i] = r / BITS;
   }
   // Issues the copies of the next K tile (tiles are loaded in order) into stage `stage`; `tile` is its index.
@@ -343,7 +346,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
   int lane_word = 0, lane_column[NT];
   if constexpr (FRAGMENT) lane_word = Decode::lane_word(ft);
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) lane_column[nt] = (warp * 8 * NT + nt * 8 + fg) ^ (8 * lane_word);
+  for (int nt = 0; nt < NT; ++nt) lane_column[nt] = swizzled_column(warp * 8 * NT + nt * 8 + fg, lane_word);
   int current_group = -1;
   float2 scale[NT];        // the current group's scales of columns d_column, d_column + 1
   float zero[NT];          // kMagicFloat + the current group's zero point of column b_column (fp32 decode)
@@ -394,7 +397,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaCtasPerSm) gemm_mma_kernel(co
     const uint32_t* block = ws + stage * kWStageWords + blk * BITS * BN;
     if constexpr (FRAGMENT) {
       const int pos = core::fragment_position(j), w = core::word_of(pos, BITS);
-      return (block[w * BN + (column ^ (8 * w))] >> core::shift_of(pos, BITS)) & core::value_mask(BITS);
+      return (block[w * BN + swizzled_column(column, w)] >> core::shift_of(pos, BITS)) & core::value_mask(BITS);
     } else {
       return core::extract(block + column, BN, j, BITS);
     }
