@@ -8,8 +8,8 @@
 // store, zero, load_half / load_bf16 (kLanes 16-bit floats -> F).
 #pragma once
 #include <algorithm>
-#include <bit>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 
 #include "core/bcq.h"
@@ -248,6 +248,16 @@ void lut_tiles_for_planes(const BcqLutProblem& p, int64_t tile_begin, int64_t ti
   }
 }
 
+// a with its sign bit XORed by sign_mask (0 or 0x80000000). memcpy, not std::bit_cast: older torch (2.11
+// among them) builds extensions as C++17.
+inline float xor_sign(float a, uint32_t sign_mask) {
+  uint32_t bits;
+  std::memcpy(&bits, &a, sizeof(bits));
+  bits ^= sign_mask;
+  std::memcpy(&a, &bits, sizeof(a));
+  return a;
+}
+
 // Summed like bcq_format.dequantize: the planes first, then the offset. A sign is applied by XORing the float's
 // sign bit (exact, like the multiplication by +-1 it replaces), which the compiler vectorises across columns.
 void dequantize_columns(const uint32_t* qplanes, const float* alpha, const float* offset, int64_t planes, int64_t k,
@@ -262,8 +272,7 @@ void dequantize_columns(const uint32_t* qplanes, const float* alpha, const float
       const uint32_t* w = qplanes + (i * kblocks + b) * n + n_begin;
       const float* a = alpha + (g * planes + i) * n + n_begin;
       for (int64_t c = 0; c < width; ++c) {
-        const float signed_alpha =
-            std::bit_cast<float>(std::bit_cast<uint32_t>(a[c]) ^ core::plane_sign_mask(w[c], j));
+        const float signed_alpha = xor_sign(a[c], core::plane_sign_mask(w[c], j));
         out[c] = i == 0 ? signed_alpha : out[c] + signed_alpha;
       }
     }

@@ -13,6 +13,7 @@
 //  * where kBf16Pairs is set: bf16_pair_lanes(word, mask) = (word & mask) | kBf16PairBase, and
 //    dot_pairs(acc, lanes, x_pair) (vdpbf16ps with x_pair broadcast).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>
