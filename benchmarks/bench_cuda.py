@@ -247,12 +247,12 @@ def print_summary(results, copy_gbps, log):
              "gptq 4-bit ckpt order": "4b-ckpt", "gptq 4-bit dequant+mm": "4b-dq", "bcq 2-plane": "bcq2",
              "bcq 3-plane": "bcq3"}
     log("\nsummary: speedup vs cuBLAS fp16 (fp16 column in us); 4b %copy = 4-bit weight GB/s / copy GB/s")
-    log(f"{'shape':>12} {'batch':>5} {'fp16 us':>9}" + "".join(f"{short[k]:>7}" for k in kernels) + f"{'4b %copy':>10}")
+    log(f"{'shape':>12} {'batch':>5} {'fp16 us':>9}" + "".join(f"{short[k]:>8}" for k in kernels) + f"{'4b %copy':>10}")
     by_key = {}
     for r in results:
         by_key.setdefault((r["k"], r["n"], r["batch"]), {})[r["kernel"]] = r
     for (k, n, batch), row in by_key.items():
-        cells = "".join(f"{row[name]['speedup_vs_fp16']:>6.2f}x" if name in row else f"{'-':>7}" for name in kernels)
+        cells = "".join(f"{row[name]['speedup_vs_fp16']:>7.2f}x" if name in row else f"{'-':>8}" for name in kernels)
         pct = f"{100 * row['gptq 4-bit']['weight_gbps'] / copy_gbps:>9.0f}%" if "gptq 4-bit" in row else f"{'-':>10}"
         log(f"{k:>6}x{n:<5} {batch:>5} {row['cuBLAS fp16']['us']:>9.1f}{cells}{pct}")
 
@@ -335,9 +335,10 @@ def main():
         print_table(shape_results, copy_gbps, log)
         results += shape_results
         torch.cuda.empty_cache()
-    write_json(os.path.join(args.out, "bench_cuda.json"),
-               {**header, "copy_gbps": copy_gbps, "group_size": args.group_size, "command": " ".join(sys.argv),
-                "results": results})
+        # Rewritten after every shape, so a run stopped from outside (a time limit) keeps what it measured.
+        write_json(os.path.join(args.out, "bench_cuda.json"),
+                   {**header, "copy_gbps": copy_gbps, "group_size": args.group_size, "command": " ".join(sys.argv),
+                    "results": results})
     plot(results, os.path.join(args.out, "bench_cuda.png"), log)
     log(f"results: {os.path.join(args.out, 'bench_cuda.json')}")
     print_summary(results, copy_gbps, log)
