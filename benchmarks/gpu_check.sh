@@ -63,7 +63,7 @@ run() {
 phase "start: $(git rev-parse --short HEAD 2>/dev/null || echo no-git) on $(hostname)"
 nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1 || true
 # PREBUILT=1: keep an extension already in gptq_kernels/ (built elsewhere against the same torch and Python, see
-# benchmarks/NOTES_cuda.md) if it imports with its CUDA kernels, and save the build's two minutes.
+# benchmarks/NOTES_cuda.md) if it imports with its CUDA kernels, and skip the build (about two minutes, estimated).
 if [ -n "${PREBUILT:-}" ] && "$PY" -c "from gptq_kernels import ops; assert ops.has_kernel('cuda')" \
     > "$RESULTS/prebuilt.log" 2>&1; then
   phase "build: skipped (PREBUILT=1 and the extension in gptq_kernels/ imports with CUDA kernels)"
