@@ -7,7 +7,9 @@ between CUDA events, so the table shows GPU time rather than Python launch overh
 within each round (interleaved) and the table shows medians. Every call of a graph reads a different copy of
 the weights and of x, and the copies together exceed the L2 cache (50 MB on H100), as a model's layers would.
 "GB/s" is the weight bytes (packed weights, scales, zeros) read per second, "%copy" that rate against the
-measured device-to-device copy bandwidth.
+measured device-to-device copy bandwidth. "gptq N-bit" is what QuantLinear runs (2- and 4-bit weights in fragment
+order: the tensor-core GEMV up to 8 rows); "ckpt order" the same weights in checkpoint order, which up to 8 rows
+takes the GEMV kernel on the CUDA cores: the two kernels side by side.
 
     python benchmarks/bench_cuda.py                                   # everything (a few minutes on an H100)
     python benchmarks/bench_cuda.py --shapes 8192x8192 --batches 1,16 --bits 4
@@ -49,6 +51,7 @@ BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 ROTATE_BYTES = 128 << 20  # weight copies per contender fill at least this much: 2.5x the 50 MB L2 of H100/H200
 MIN_CALLS = 8             # calls per captured graph, so graph launch cost is spread thin
 DEQUANT_CONTENDER_MIN_BATCH = 64  # from here on the dequantize + cuBLAS path is timed too (4-bit)
+GEMV_TC_MAX_BATCH = 8  # up to here 2- and 4-bit weights in fragment order take the tensor-core GEMV
 
 
 def copies_for(nbytes: int) -> int:
@@ -202,11 +205,16 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
             contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: gemm(
                 xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), max(MIN_CALLS, len(layers)))
             nbytes[name] = gptq_bytes(k, n, bits, group_size)
-        if 4 in ours:  # the same kernels reading the checkpoint order: what fragment order gains
-            name, layers = "gptq 4-bit ckpt order", ours[4]
-            contenders[name] = (lambda i, layers=layers: ops.gemm(
-                xs[i % len(xs)], *layers[i % len(layers)], None, None, 4, group_size), max(MIN_CALLS, len(layers)))
-            nbytes[name] = gptq_bytes(k, n, 4, group_size)
+        for bits in (2, 4):
+            # The same weights in checkpoint order: what fragment order gains. Up to 8 rows that is the tensor-core
+            # GEMV (fragment order only) against the GEMV kernel on the CUDA cores (either order); from 9 rows the
+            # tensor-core kernel reading either order (4-bit only there, to save time).
+            if bits in ours and (bits == 4 or batch <= GEMV_TC_MAX_BATCH):
+                name, layers = f"gptq {bits}-bit ckpt order", ours[bits]
+                contenders[name] = (lambda i, layers=layers, bits=bits: ops.gemm(
+                    xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size),
+                    max(MIN_CALLS, len(layers)))
+                nbytes[name] = gptq_bytes(k, n, bits, group_size)
         if 4 in ours and batch >= DEQUANT_CONTENDER_MIN_BATCH:
             # What gemm does past the tensor-core kernel's range (dequantize, then cuBLAS), timed next to it:
             # where the two cross is where gemm_fused.cu's kMmaMaxRows belongs.
@@ -241,10 +249,11 @@ def print_summary(results, copy_gbps, log):
     """One line per shape and batch: speedup of every contender over cuBLAS fp16, and the 4-bit kernel's share of
     the copy bandwidth (the acceptance criteria of issue #4 read straight off this table)."""
     kernels = [k for k in ("torch int4 (bf16)", "gptq 2-bit", "gptq 3-bit", "gptq 4-bit", "gptq 8-bit",
-                           "gptq 4-bit ckpt order", "gptq 4-bit dequant+mm", "bcq 2-plane", "bcq 3-plane")
+                           "gptq 2-bit ckpt order", "gptq 4-bit ckpt order", "gptq 4-bit dequant+mm", "bcq 2-plane",
+                           "bcq 3-plane")
                if any(r["kernel"] == k for r in results)]
     short = {"torch int4 (bf16)": "int4", "gptq 2-bit": "2b", "gptq 3-bit": "3b", "gptq 4-bit": "4b", "gptq 8-bit": "8b",
-             "gptq 4-bit ckpt order": "4b-ckpt", "gptq 4-bit dequant+mm": "4b-dq", "bcq 2-plane": "bcq2",
+             "gptq 2-bit ckpt order": "2b-ckpt", "gptq 4-bit ckpt order": "4b-ckpt", "gptq 4-bit dequant+mm": "4b-dq", "bcq 2-plane": "bcq2",
              "bcq 3-plane": "bcq3"}
     log("\nsummary: speedup vs cuBLAS fp16 (fp16 column in us); 4b %copy = 4-bit weight GB/s / copy GB/s")
     log(f"{'shape':>12} {'batch':>5} {'fp16 us':>9}" + "".join(f"{short[k]:>8}" for k in kernels) + f"{'4b %copy':>10}")

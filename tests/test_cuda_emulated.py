@@ -34,6 +34,7 @@ CUDA_HOME = pathlib.Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 # binary-coded (BCQ) kernels.
 KERNEL_SOURCES = [f"csrc/cuda/gemv_{b}bit.cu" for b in (2, 3, 4, 8)] + \
                  [f"csrc/cuda/gemm_mma_{b}bit.cu" for b in (2, 3, 4, 8)] + \
+                 [f"csrc/cuda/gemv_tc_{b}bit.cu" for b in (2, 4)] + \
                  ["csrc/cuda/gemm_fused.cu", "csrc/cuda/layout_kernels.cu", "csrc/cuda/gptq_block_kernel.cu",
                   "csrc/cuda/bcq_fused.cu", "csrc/cuda/bcq_gemv_2planes.cu", "csrc/cuda/bcq_gemv_3planes.cu",
                   "csrc/cuda/bcq_dequantize.cu"]
@@ -138,7 +139,7 @@ def plan_of(job):
 
 
 def emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=None, g_idx="given", sms=H100_SMS,
-                  mma=True, mode=(0, 0), ldx=None, mma_min_rows=9, fragment_order=False):
+                  mma=True, mode=(0, 0), ldx=None, mma_min_rows=9, fragment_order=False, gemv_tc=True):
     """y = x @ W^T (+ bias) through the emulated fused kernels; returns (y or None, plan). x is [M, ldx] storage
     of which the first K columns are used."""
     k = tensors["qweight"].shape[0] * 32 // bits
@@ -154,7 +155,8 @@ def emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=None, g_
         mode, m=m, k=k, n=n, ldx=ldx, bits=bits, group_size=-1 if group_size == -1 else min(group_size, k),
         groups=groups, act=TYPE_NAMES[x.dtype], scale_type=TYPE_NAMES[tensors["scales"].dtype],
         bias_type=TYPE_NAMES[bias.dtype] if bias is not None else "float", sms=sms, mma=int(mma),
-        x_aligned=int(ldx % 8 == 0), mma_min_rows=mma_min_rows, fragment_order=int(fragment_order))
+        x_aligned=int(ldx % 8 == 0), mma_min_rows=mma_min_rows, fragment_order=int(fragment_order),
+        gemv_tc=int(gemv_tc))
     plan = plan_of(job)
     y = None if plan["path"] == "dequantize_then_gemm" else _read(job / "y.bin", x.dtype, (m, n))
     return y, plan
@@ -234,9 +236,10 @@ def test_emulated_gemm_matches_float64_reference(harness, tmp_path, bits, dtype,
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
 def test_emulated_fragment_order_matches_float64_reference(harness, tmp_path, bits, dtype, mode):
-    # qweight in fragment order through every fused path: the GEMV kernel (x staged in stored order), the
-    # tensor-core kernel's one-load decode from its swizzled tile (also at 1-8 rows), and the per-value paths of
-    # blocks whose rows mix groups (groups of 48, unsorted act-order).
+    # qweight in fragment order through every fused path: the GEMV kernel (x staged in stored order; here with
+    # the tensor-core GEMV off, which test_emulated_tensor_core_gemv covers), the tensor-core kernel's one-load
+    # decode from its swizzled tile (also at 1-8 rows), and the per-value paths of blocks whose rows mix groups
+    # (groups of 48, unsorted act-order).
     k, n = 576, 96
     for group_size, act_order, scale_dtype in ((128, False, dtype), (48, False, torch.float32),
                                                (32, True, torch.float16), (-1, False, torch.bfloat16)):
@@ -249,7 +252,7 @@ def test_emulated_fragment_order_matches_float64_reference(harness, tmp_path, bi
             x = torch.randn(rows, k).to(dtype)
             for g in ("given", None) if not act_order else ("given",):
                 y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, mode=mode, g_idx=g,
-                                        mma_min_rows=mma_min_rows, fragment_order=True)
+                                        mma_min_rows=mma_min_rows, fragment_order=True, gemv_tc=False)
                 assert plan["path"] == path
                 assert_close_to_reference(y, x, w_t)
 
@@ -263,11 +266,66 @@ def test_emulated_fragment_order_long_k(harness, tmp_path, sms):
     w_t = expected_weight_t(q, scale, zero, g_idx)
     tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
     bias = torch.randn(n, dtype=torch.float16)
-    for rows in (2, 20, 64):
+    for rows, gemv_tc in ((2, True), (2, False), (20, True), (64, True)):
         x = torch.randn(rows, k, dtype=torch.float16)
         y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, 128, bias=bias, sms=sms, fragment_order=True,
-                                g_idx=None)
+                                g_idx=None, gemv_tc=gemv_tc)
         assert_close_to_reference(y, x, w_t, bias)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_emulated_tensor_core_gemv(harness, tmp_path, bits, dtype, mode):
+    # 1-8 rows of 2- and 4-bit weights in fragment order without g_idx take the tensor-core GEMV. K = 576 is 18
+    # blocks: a full x stage of 16 and a partial one, and a last group of 64 rows under groups of 128; N = 160
+    # leaves three warps of the second CTA past N. Scales of every dtype; rows 1..8 fill 1..8 of the mma's 8
+    # batch columns (lanes t = 0..3 write rows 2t and 2t + 1).
+    k, n = 576, 160
+    for group_size, scale_dtype in ((128, dtype), (32, torch.float32), (-1, torch.float16)):
+        tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size, scale_dtype=scale_dtype)
+        w_t = expected_weight_t(q, scale, zero, g_idx)
+        tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
+        for rows in (1, 2, 5, 8):
+            x = torch.randn(rows, k).to(dtype)
+            bias = torch.randn(n).to(dtype) if rows % 2 else None
+            y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=bias, g_idx=None, sms=1,
+                                    fragment_order=True, mode=mode)
+            assert plan["path"] == "gemv_tc", plan
+            assert_close_to_reference(y, x, w_t, bias)
+    # What it does not take: a g_idx, groups that split blocks, the checkpoint order, 9 rows, or switched off.
+    tensors, q, scale, zero, g_idx = random_layer(k, n, bits, 64)
+    ordered = dict(tensors, qweight=pack_fragment_order(q, bits))
+    x = torch.randn(4, k).to(dtype)
+    assert emulated_gemm(harness, tmp_path, x, ordered, bits, 64, fragment_order=True)[1]["path"] == "gemv"
+    assert emulated_gemm(harness, tmp_path, x, tensors, bits, 64, g_idx=None)[1]["path"] == "gemv"
+    assert emulated_gemm(harness, tmp_path, x, ordered, bits, 64, g_idx=None, fragment_order=True,
+                         gemv_tc=False)[1]["path"] == "gemv"
+    assert emulated_gemm(harness, tmp_path, torch.randn(9, k).to(dtype), ordered, bits, 64, g_idx=None,
+                         fragment_order=True)[1]["path"] == "mma"
+    tensors48, q48, *_ = random_layer(k, n, bits, 48)
+    assert emulated_gemm(harness, tmp_path, x, dict(tensors48, qweight=pack_fragment_order(q48, bits)), bits, 48,
+                         g_idx=None, fragment_order=True)[1]["path"] == "gemv"
+
+
+@pytest.mark.parametrize("sms", [1, H100_SMS])
+def test_emulated_tensor_core_gemv_long_k_split_and_strided_rows(harness, tmp_path, sms):
+    # K = 2080 (65 blocks: four x stages and one block, a last load batch that runs past the CTA's K range), on one
+    # SM (N = 512: 4 column tiles, K whole, bias added by the kernel) and on 132 (K split into CTAs of 12 blocks that
+    # end inside a stage and, under groups of 256, start inside a group; partial sums reduced by the second kernel).
+    # Rows of x 2200 elements apart.
+    k, n = 2080, 512
+    for bits, group_size in ((2, 128), (4, 256)):
+        tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size)
+        w_t = expected_weight_t(q, scale, zero, g_idx)
+        tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
+        bias = torch.randn(n, dtype=torch.float32)
+        for rows in (1, 7):
+            storage = torch.randn(rows, 2200, dtype=torch.float16)
+            y, plan = emulated_gemm(harness, tmp_path, storage, tensors, bits, group_size, bias=bias, sms=sms,
+                                    g_idx=None, fragment_order=True, ldx=2200)
+            assert plan["path"] == "gemv_tc" and (int(plan["splits"]) > 1) == (sms > 1), plan
+            assert_close_to_reference(y, storage[:, :k], w_t, bias)
 
 
 @pytest.mark.parametrize("bits", [3, 4])

@@ -2,7 +2,10 @@
 // workspace tensors, and the general path. Which path a call takes, with which grid and K split, is decided by
 // plan_gemm (gemm_plan.cuh) from shapes, dtypes and alignment only:
 //  * fp16/bf16 x with at most 8 rows: the fused GEMV kernel (gemv_kernel.cuh), which streams the packed weight
-//    once and never forms the dequantized matrix;
+//    once and never forms the dequantized matrix; for 2- and 4-bit weights in fragment order without g_idx and
+//    with groups of 32, 64 or a multiple of 128 rows, the tensor-core GEMV (gemv_tc_kernel.cuh) instead, which
+//    decodes two values per instruction and multiplies on the tensor cores (sm_80 and later;
+//    GPTQ_KERNELS_GEMV_TC=0 turns it off);
 //  * fp16/bf16 x with up to 256 rows: the tensor-core kernel (gemm_mma_kernel.cuh), which decodes packed tiles
 //    from shared memory into its B fragments and multiplies them with mma.sync (sm_80 and later;
 //    GPTQ_KERNELS_NO_MMA=1 turns it off, and then up to 32 rows take the GEMV kernel in row tiles of 8);
@@ -41,6 +44,15 @@ bool mma_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("GPTQ_KERNELS_NO_MMA");
     return v == nullptr || std::strcmp(v, "0") == 0 || v[0] == '\0';
+  }();
+  return enabled;
+}
+
+// The tensor-core GEMV is on unless GPTQ_KERNELS_GEMV_TC is "0" (read once).
+bool gemv_tc_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("GPTQ_KERNELS_GEMV_TC");
+    return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return enabled;
 }
@@ -132,6 +144,12 @@ at::Tensor gemm_any_order(const char* op, bool fragment_order, const at::Tensor&
   problem.mma_available = mma_enabled() && device.major >= 8;
   problem.sms = device.multiprocessors;
   problem.mma_min_rows = mma_min_rows();
+  problem.bits = static_cast<int>(geo.bits);
+  problem.fragment_order = fragment_order;
+  problem.has_g_idx = g_idx.has_value();
+  problem.group_size = kernel_group_size(geo);
+  problem.scales_aligned = reinterpret_cast<uintptr_t>(scales.data_ptr()) % 16 == 0;
+  problem.tensor_core_gemv = gemv_tc_enabled();
   const GemmPlan plan = plan_gemm(problem);
   if (plan.path == GemmPath::kDequantizeThenGemm) {
     return dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx, bias, fragment_order).view(out_shape);

@@ -6,6 +6,7 @@
 #include "cuda/gemm_mma.cuh"
 #include "cuda/gemm_plan.cuh"
 #include "cuda/gemv.cuh"
+#include "cuda/gemv_tc.cuh"
 #include "cuda/split_k.cuh"
 
 namespace gptq_kernels {
@@ -21,6 +22,9 @@ constexpr int64_t kMmaMaxRows = 256;
 // Split-K aims for this many CTAs per SM: GEMV, 4 x 128 threads x ~128 bytes of loads in flight each; the
 // tensor-core kernel, kMmaCtasPerSm (gemm_mma.cuh: its register budget; up to 53 KB of shared memory each).
 constexpr int64_t kGemvCtasPerSm = 4;
+// The tensor-core GEMV aims at kGemvTcCtasPerSm (gemv_tc.cuh) CTAs per SM, with at least as many blocks each as
+// the GEMV kernel.
+constexpr int64_t kGemvTcMinBlocksPerCta = 8;
 // Each CTA gets at least this many 32-row blocks of K, so its fixed costs (x staging and the cross-warp
 // reduction; the tensor-core kernel's pipeline fill) stay small next to the weight stream.
 constexpr int64_t kGemvMinBlocksPerCta = 8;
@@ -65,7 +69,15 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
   if (!problem.half_activations || !problem.weight_aligned || m < 1) return plan;
   const bool mma = problem.mma_available && problem.x_aligned;
   const int64_t mma_min_rows = std::min<int64_t>(std::max<int64_t>(problem.mma_min_rows, 1), kGemvMaxRowsPerCta + 1);
-  if (mma ? m < mma_min_rows : m <= kGemvMaxRows) {
+  const bool tensor_core_gemv = mma && problem.tensor_core_gemv && m <= kGemvTcMaxRows && problem.fragment_order &&
+                                (problem.bits == 2 || problem.bits == 4) && !problem.has_g_idx &&
+                                problem.scales_aligned && gemv_tc_group_class(problem.group_size, problem.k) != 0;
+  if (tensor_core_gemv && m < mma_min_rows) {
+    plan.path = GemmPath::kGemvTensorCore;
+    plan.rows_per_cta = static_cast<int>(m);
+    plan.grid = dim3(1, static_cast<unsigned>((problem.n + kGemvTcColumns - 1) / kGemvTcColumns));
+    split_k(plan, problem, kGemvTcCtasPerSm, kGemvTcMinBlocksPerCta, kGemvTcBatchBlocks);
+  } else if (mma ? m < mma_min_rows : m <= kGemvMaxRows) {
     plan.path = GemmPath::kGemv;
     plan.rows_per_cta = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : kGemvMaxRowsPerCta;
     plan.grid = dim3(static_cast<unsigned>((m + plan.rows_per_cta - 1) / plan.rows_per_cta),
@@ -85,6 +97,12 @@ cudaError_t launch_fused_gemm(const GemmPlan& plan, int bits, const FusedGemmPar
                               cudaStream_t stream) {
   if (plan.path == GemmPath::kGemv) {
     launch_gemv_bits(bits, p, type, plan.rows_per_cta, plan.grid, stream);
+  } else if (plan.path == GemmPath::kGemvTensorCore) {
+    if (bits == 2) {
+      launch_gemv_tc<2>(p, type, plan.grid, stream);
+    } else {
+      launch_gemv_tc<4>(p, type, plan.grid, stream);
+    }
   } else {
     const cudaError_t error = launch_mma_bits(bits, p, type, plan.mma_tiles, plan.grid, stream);
     if (error != cudaSuccess) return error;

@@ -16,6 +16,7 @@ constexpr int64_t kDefaultMmaMinRows = 9;
 
 enum class GemmPath {
   kGemv,                // up to 8 rows (32 without the tensor-core kernel): gemv_kernel.cuh
+  kGemvTensorCore,      // up to 8 rows, 2- and 4-bit weights in fragment order, no g_idx: gemv_tc_kernel.cuh
   kMma,                 // up to 256 rows: the tensor-core kernel, gemm_mma_kernel.cuh
   kDequantizeThenGemm,  // everything else: W^T dequantized to x's dtype, then one cuBLAS GEMM (gemm.cu)
 };
@@ -30,11 +31,19 @@ struct GemmProblem {
   // Batches from this many rows take the tensor-core kernel when it is available (1..9; default 9, so the GEMV
   // kernel keeps 1-8 rows). GPTQ_KERNELS_MMA_MIN_ROWS sets it, to compare the two kernels at small batches.
   int64_t mma_min_rows = kDefaultMmaMinRows;
+  int bits = 4;
+  bool fragment_order = false;   // qweight in fragment order (core/fragment_order.h)
+  bool has_g_idx = false;
+  int64_t group_size = -1;       // -1 or at most k (kernel_group_size)
+  bool scales_aligned = false;   // scales' base is 16-byte aligned
+  // The tensor-core GEMV takes the small batches it can (see kGemvTensorCore); GPTQ_KERNELS_GEMV_TC=0 turns it
+  // off, to compare it with the GEMV kernel.
+  bool tensor_core_gemv = true;
 };
 
 struct GemmPlan {
   GemmPath path;
-  int rows_per_cta;        // kGemv: 1, 2, 4 or 8
+  int rows_per_cta;        // kGemv: 1, 2, 4 or 8 (kGemvTensorCore: all rows, at most 8, in one CTA)
   int mma_tiles;           // kMma: 16-row mma tiles per CTA, 1, 2 or 4
   dim3 grid;               // [row tiles, column tiles, K splits]
   int64_t splits;          // grid.z; above 1 the fused kernel writes fp32 partial sums to a workspace

@@ -159,6 +159,7 @@ void fill_weight_fields(Params& p, const Job& job, const WeightArrays& w) {
 const char* path_name(GemmPath path) {
   switch (path) {
     case GemmPath::kGemv: return "gemv";
+    case GemmPath::kGemvTensorCore: return "gemv_tc";
     case GemmPath::kMma: return "mma";
     default: return "dequantize_then_gemm";
   }
@@ -177,6 +178,12 @@ void run_gemm(const Job& job) {
   problem.mma_available = job.num("mma", 1) != 0;
   problem.sms = job.num("sms");
   problem.mma_min_rows = job.num("mma_min_rows", kDefaultMmaMinRows);
+  problem.bits = static_cast<int>(bits);
+  problem.fragment_order = job.num("fragment_order", 0) != 0;
+  problem.has_g_idx = job.has_array("g_idx");
+  problem.group_size = job.num("group_size");
+  problem.scales_aligned = true;  // every array is its own 16-byte aligned heap block
+  problem.tensor_core_gemv = job.num("gemv_tc", 1) != 0;
   const GemmPlan plan = plan_gemm(problem);
   std::ostringstream text;
   text << "path " << path_name(plan.path) << "\nsplits " << plan.splits << "\nblocks_per_cta " << plan.blocks_per_cta

@@ -1,0 +1,91 @@
+"""Static instruction counts of the CUDA kernels, from their SASS: what benchmarks/NOTES_cuda.md quotes, on any
+machine with nvcc (no GPU needed).
+
+Compiles each source to a cubin for one architecture, disassembles it with cuobjdump (from $CUDA_HOME/bin, PATH,
+or the copy that ships with triton) and prints, per kernel, registers, spills, total instructions and the
+instruction mix. With --between OP, also the mix between the 2nd and 3rd occurrence of opcode OP: for the
+tensor-core GEMV (one LDSM per 32-row block) that is one block's decode and mma, per thread:
+
+    python benchmarks/sass_counts.py csrc/cuda/gemv_tc_2bit.cu --between LDSM --kernel half
+
+These are static counts along straight-line code, not measurements: which branches run, and how fast, only a
+GPU can tell.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def find_tool(name: str) -> str | None:
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    candidates = [os.path.join(cuda_home, "bin", name), shutil.which(name)]
+    try:
+        import triton
+
+        candidates += glob.glob(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name))
+    except ImportError:
+        pass
+    return next((c for c in candidates if c and os.path.exists(c)), None)
+
+
+def opcode(instruction: str) -> str:
+    """The opcode without predicate and modifiers: '@!P0 LDG.E.128.CONSTANT R4, ...' -> 'LDG'."""
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0]
+
+
+def kernels_of(sass: str) -> dict[str, list[str]]:
+    parts = re.split(r"\s+Function : (\S+)", sass)
+    return {name: re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", body) for name, body in zip(parts[1::2], parts[2::2])}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sources", nargs="+", help="CUDA sources under csrc/cuda")
+    parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--kernel", default="", help="only kernels whose mangled name contains this")
+    parser.add_argument("--between", default="", help="also print the mix between the 2nd and 3rd such opcode")
+    args = parser.parse_args()
+    nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
+    if nvcc is None or cuobjdump is None:
+        sys.exit(f"needs nvcc and cuobjdump (found nvcc={nvcc}, cuobjdump={cuobjdump})")
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in args.sources:
+            cubin = os.path.join(tmp, os.path.basename(source) + ".cubin")
+            built = subprocess.run([nvcc, "-cubin", "-o", cubin, f"-arch={args.arch}", "-O3", "-std=c++17",
+                                    "--expt-relaxed-constexpr", "-I", os.path.join(ROOT, "csrc"), source,
+                                    "-Xptxas", "-v"], capture_output=True, text=True)
+            if built.returncode != 0:
+                sys.exit(built.stderr)
+            resources = dict(re.findall(r"Compiling entry function '(\S+)'.*?\n(.*?Used \d+ registers[^\n]*)",
+                                        built.stderr, re.S))
+            sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+            for name, instructions in kernels_of(sass).items():
+                if args.kernel not in name:
+                    continue
+                usage = resources.get(name, "")
+                registers = re.search(r"Used (\d+) registers", usage)
+                spills = re.search(r"(\d+) bytes spill stores", usage)
+                mix = collections.Counter(opcode(i) for i in instructions)
+                print(f"{os.path.basename(source)} {name}\n  registers {registers.group(1) if registers else '?'}, "
+                      f"spill stores {spills.group(1) if spills else '?'} bytes, {len(instructions)} instructions: "
+                      + " ".join(f"{op} {n}" for op, n in mix.most_common(12)))
+                if args.between:
+                    at = [i for i, ins in enumerate(instructions) if opcode(ins) == args.between]
+                    if len(at) >= 3:
+                        span = collections.Counter(opcode(i) for i in instructions[at[1]:at[2]])
+                        print(f"  between the 2nd and 3rd {args.between}: {at[2] - at[1]} instructions: "
+                              + " ".join(f"{op} {n}" for op, n in span.most_common()))
+
+
+if __name__ == "__main__":
+    main()

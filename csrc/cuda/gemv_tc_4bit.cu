@@ -1,0 +1,8 @@
+// The 4-bit instantiations of the tensor-core GEMV (2 kernels: fp16 and bf16 activations).
+#include "cuda/gemv_tc_kernel.cuh"
+
+namespace gptq_kernels {
+namespace cuda {
+template void launch_gemv_tc<4>(const FusedGemmParams&, ActType, dim3, cudaStream_t);
+}  // namespace cuda
+}  // namespace gptq_kernels
