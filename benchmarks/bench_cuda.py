@@ -8,8 +8,8 @@ within each round (interleaved) and the table shows medians. Every call of a gra
 the weights and of x, and the copies together exceed the L2 cache (50 MB on H100), as a model's layers would.
 "GB/s" is the weight bytes (packed weights, scales, zeros) read per second, "%copy" that rate against the
 measured device-to-device copy bandwidth. "gptq N-bit" is what QuantLinear runs (2- and 4-bit weights in fragment
-order: the tensor-core GEMV up to 8 rows); "ckpt order" the same weights in checkpoint order, which up to 8 rows
-takes the GEMV kernel on the CUDA cores: the two kernels side by side.
+order: the tensor-core GEMV up to 16 rows); "ckpt order" the same weights in checkpoint order, which takes the GEMV
+kernel on the CUDA cores up to 8 rows and the tensor-core kernel from 9: the kernels side by side.
 
     python benchmarks/bench_cuda.py                                   # everything (a few minutes on an H100)
     python benchmarks/bench_cuda.py --shapes 8192x8192 --batches 1,16 --bits 4
@@ -51,7 +51,7 @@ BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 ROTATE_BYTES = 128 << 20  # weight copies per contender fill at least this much: 2.5x the 50 MB L2 of H100/H200
 MIN_CALLS = 8             # calls per captured graph, so graph launch cost is spread thin
 DEQUANT_CONTENDER_MIN_BATCH = 64  # from here on the dequantize + cuBLAS path is timed too (4-bit)
-GEMV_TC_MAX_BATCH = 8  # up to here 2- and 4-bit weights in fragment order take the tensor-core GEMV
+GEMV_TC_MAX_BATCH = 16  # up to here 2- and 4-bit weights in fragment order take the tensor-core GEMV
 
 
 def copies_for(nbytes: int) -> int:
@@ -206,9 +206,9 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
                 xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), max(MIN_CALLS, len(layers)))
             nbytes[name] = gptq_bytes(k, n, bits, group_size)
         for bits in (2, 4):
-            # The same weights in checkpoint order: what fragment order gains. Up to 8 rows that is the tensor-core
-            # GEMV (fragment order only) against the GEMV kernel on the CUDA cores (either order); from 9 rows the
-            # tensor-core kernel reading either order (4-bit only there, to save time).
+            # The same weights in checkpoint order: what fragment order gains. Up to 16 rows that is the
+            # tensor-core GEMV (fragment order only) against the GEMV kernel (1-8 rows) or the tensor-core kernel
+            # (9-16); from 17 rows the tensor-core kernel reading either order (4-bit only there, to save time).
             if bits in ours and (bits == 4 or batch <= GEMV_TC_MAX_BATCH):
                 name, layers = f"gptq {bits}-bit ckpt order", ours[bits]
                 contenders[name] = (lambda i, layers=layers, bits=bits: ops.gemm(

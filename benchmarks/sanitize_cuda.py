@@ -5,8 +5,9 @@
 Covers pack, unpack, permute_rows, dequantize (3 output dtypes), the GEMV kernel (1, 2, 4 and 8 rows per CTA), the tensor-core
 kernel (16, 32 and 64 rows per CTA, two row tiles), each with and without split-K, a partial column tile, the
 per-row group path of unsorted act-order g_idx and a bias, and the dequantize + cuBLAS path; for 2 and 4 bits
-the same with the weight in fragment order (gemm_fragment_ordered, to_fragment_order), and without g_idx up to 8
-rows (the tensor-core GEMV, groups of 128 and 32 rows, N = 160: a partial column tile). Also checks the results
+the same with the weight in fragment order (gemm_fragment_ordered, to_fragment_order), and without g_idx up to 16
+rows (the tensor-core GEMV, one and two row tiles, groups of 128 and 32 rows, N = 160: a partial column tile).
+Also checks the results
 loosely, so a run that computes garbage fails too.
 The BCQ ops too: bcq_dequantize (1 to 3 planes, groups inside and on 32-input blocks) and bcq_gemm's
 lookup-table kernel (2 and 3 planes, 1, 2 and 4 rows per CTA, fp16/bf16/fp32, with and without split-K) and its
@@ -90,7 +91,7 @@ def main():
                     check(ops.gemm(x, *w, None, bits, group_size), x, w_t)
                     if ops.has_fragment_order(bits):  # the layout QuantLinear uses on the GPU
                         check(ops.gemm_fragment_ordered(x, fragment, *w[1:], bias, bits, group_size), x, w_t, bias)
-                        if rows <= 8 and not act_order:  # no g_idx: the tensor-core GEMV
+                        if rows <= 16 and not act_order:  # no g_idx: the tensor-core GEMV
                             check(ops.gemm_fragment_ordered(x, fragment, w[1], w[2], None, bias, bits, group_size),
                                   x, w_t, bias)
         print(f"sanitize_cuda: {bits}-bit done", flush=True)

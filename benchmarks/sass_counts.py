@@ -3,10 +3,12 @@ machine with nvcc (no GPU needed).
 
 Compiles each source to a cubin for one architecture, disassembles it with cuobjdump (from $CUDA_HOME/bin, PATH,
 or the copy that ships with triton) and prints, per kernel, registers, spills, total instructions and the
-instruction mix. With --between OP, also the mix between the 2nd and 3rd occurrence of opcode OP: for the
-tensor-core GEMV (one LDSM per 32-row block) that is one block's decode and mma, per thread:
+instruction mix. With --between OP, also the mix of the second stretch of code that holds --per-block
+occurrences of opcode OP: for the tensor-core GEMV (one LDSM per 32-row block and row tile) that is one block's
+decode and mma, per thread:
 
     python benchmarks/sass_counts.py csrc/cuda/gemv_tc_2bit.cu --between LDSM --kernel half
+    python benchmarks/sass_counts.py csrc/cuda/gemv_tc_4bit.cu --between LDSM --per-block 2 --kernel ELi2EEE
 
 These are static counts along straight-line code, not measurements: which branches run, and how fast, only a
 GPU can tell.
@@ -53,7 +55,8 @@ def main():
     parser.add_argument("sources", nargs="+", help="CUDA sources under csrc/cuda")
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--kernel", default="", help="only kernels whose mangled name contains this")
-    parser.add_argument("--between", default="", help="also print the mix between the 2nd and 3rd such opcode")
+    parser.add_argument("--between", default="", help="also print the mix of one block, delimited by this opcode")
+    parser.add_argument("--per-block", type=int, default=1, help="occurrences of the --between opcode per block")
     args = parser.parse_args()
     nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
     if nvcc is None or cuobjdump is None:
@@ -81,10 +84,11 @@ def main():
                       + " ".join(f"{op} {n}" for op, n in mix.most_common(12)))
                 if args.between:
                     at = [i for i, ins in enumerate(instructions) if opcode(ins) == args.between]
-                    if len(at) >= 3:
-                        span = collections.Counter(opcode(i) for i in instructions[at[1]:at[2]])
-                        print(f"  between the 2nd and 3rd {args.between}: {at[2] - at[1]} instructions: "
-                              + " ".join(f"{op} {n}" for op, n in span.most_common()))
+                    first, last = args.per_block, 2 * args.per_block
+                    if len(at) > last:
+                        span = collections.Counter(opcode(i) for i in instructions[at[first]:at[last]])
+                        print(f"  one block (from {args.between} {first + 1} to {last + 1}): {at[last] - at[first]} "
+                              "instructions: " + " ".join(f"{op} {n}" for op, n in span.most_common()))
 
 
 if __name__ == "__main__":

@@ -257,7 +257,7 @@ def test_gemm_fragment_ordered_matches_float64_reference(bits, dtype, group_size
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_gemm_fragment_ordered_small_batches_without_g_idx(bits, dtype):
-    # 1-8 rows of fragment-ordered weights without g_idx take the tensor-core GEMV (gemv_tc_kernel.cuh): each of
+    # 1-16 rows of fragment-ordered weights without g_idx take the tensor-core GEMV (gemv_tc_kernel.cuh): each of
     # its group classes (32, 64, multiples of 128 rows, one group), every scale dtype, a bias, N = 160 (a CTA whose
     # last warps lie past N), K = 1088 (two x stages, the second partial; groups of 256 end in a partial one) and
     # rows of x 8 elements apart from the next.
@@ -266,7 +266,7 @@ def test_gemm_fragment_ordered_small_batches_without_g_idx(bits, dtype):
                                     (-1, torch.bfloat16)):
         tensors, w_t, _, _ = cuda_layer(k, n, bits, group_size, scale_dtype=scale_dtype)
         fragment = ops.to_fragment_order(tensors["qweight"], bits)
-        for rows in range(1, 9):
+        for rows in (*range(1, 9), 9, 12, 16):
             storage = torch.randn(rows, k + 8, device="cuda").to(dtype)
             x = storage[:, :k]
             bias = torch.randn(n, device="cuda").to(dtype) if rows % 2 else None
@@ -277,7 +277,7 @@ def test_gemm_fragment_ordered_small_batches_without_g_idx(bits, dtype):
     # Long K, split over CTAs: 70B down-projection width.
     big, big_w_t = big_layer(28672, 1024, bits, 128)
     fragment = ops.to_fragment_order(big["qweight"], bits)
-    for rows in (1, 5):
+    for rows in (1, 5, 13):
         x = torch.randn(rows, 28672, device="cuda", dtype=dtype)
         poison_allocator()
         y = ops.gemm_fragment_ordered(x, fragment, big["qzeros"], big["scales"], None, None, bits, 128)

@@ -139,9 +139,10 @@ def plan_of(job):
 
 
 def emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=None, g_idx="given", sms=H100_SMS,
-                  mma=True, mode=(0, 0), ldx=None, mma_min_rows=9, fragment_order=False, gemv_tc=True):
+                  mma=True, mode=(0, 0), ldx=None, mma_min_rows=0, fragment_order=False, gemv_tc=True):
     """y = x @ W^T (+ bias) through the emulated fused kernels; returns (y or None, plan). x is [M, ldx] storage
-    of which the first K columns are used."""
+    of which the first K columns are used. mma_min_rows, gemv_tc: GPTQ_KERNELS_MMA_MIN_ROWS (0: unset) and
+    GPTQ_KERNELS_GEMV_TC."""
     k = tensors["qweight"].shape[0] * 32 // bits
     n = tensors["qweight"].shape[1]
     m = x.shape[0]
@@ -277,23 +278,24 @@ def test_emulated_fragment_order_long_k(harness, tmp_path, sms):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
 def test_emulated_tensor_core_gemv(harness, tmp_path, bits, dtype, mode):
-    # 1-8 rows of 2- and 4-bit weights in fragment order without g_idx take the tensor-core GEMV. K = 576 is 18
+    # 1-16 rows of 2- and 4-bit weights in fragment order without g_idx take the tensor-core GEMV. K = 576 is 18
     # blocks: a full x stage of 16 and a partial one, and a last group of 64 rows under groups of 128; N = 160
-    # leaves three warps of the second CTA past N. Scales of every dtype; rows 1..8 fill 1..8 of the mma's 8
-    # batch columns (lanes t = 0..3 write rows 2t and 2t + 1).
+    # leaves three warps of the second CTA past N. Scales of every dtype; 1-8 rows fill part or all of one 8-row
+    # tile of the mma's B operand (lanes t = 0..3 write rows 2t and 2t + 1), 9-16 rows two tiles.
     k, n = 576, 160
     for group_size, scale_dtype in ((128, dtype), (32, torch.float32), (-1, torch.float16)):
         tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size, scale_dtype=scale_dtype)
         w_t = expected_weight_t(q, scale, zero, g_idx)
         tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
-        for rows in (1, 2, 5, 8):
+        for rows in (1, 2, 5, 8, 9, 14, 16):
             x = torch.randn(rows, k).to(dtype)
             bias = torch.randn(n).to(dtype) if rows % 2 else None
             y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=bias, g_idx=None, sms=1,
                                     fragment_order=True, mode=mode)
             assert plan["path"] == "gemv_tc", plan
             assert_close_to_reference(y, x, w_t, bias)
-    # What it does not take: a g_idx, groups that split blocks, the checkpoint order, 9 rows, or switched off.
+    # What it does not take: a g_idx, groups that split blocks, the checkpoint order, 17 rows, or switched off; and
+    # with GPTQ_KERNELS_MMA_MIN_ROWS set, the rows from there on.
     tensors, q, scale, zero, g_idx = random_layer(k, n, bits, 64)
     ordered = dict(tensors, qweight=pack_fragment_order(q, bits))
     x = torch.randn(4, k).to(dtype)
@@ -301,8 +303,12 @@ def test_emulated_tensor_core_gemv(harness, tmp_path, bits, dtype, mode):
     assert emulated_gemm(harness, tmp_path, x, tensors, bits, 64, g_idx=None)[1]["path"] == "gemv"
     assert emulated_gemm(harness, tmp_path, x, ordered, bits, 64, g_idx=None, fragment_order=True,
                          gemv_tc=False)[1]["path"] == "gemv"
-    assert emulated_gemm(harness, tmp_path, torch.randn(9, k).to(dtype), ordered, bits, 64, g_idx=None,
+    assert emulated_gemm(harness, tmp_path, torch.randn(17, k).to(dtype), ordered, bits, 64, g_idx=None,
                          fragment_order=True)[1]["path"] == "mma"
+    assert emulated_gemm(harness, tmp_path, torch.randn(12, k).to(dtype), ordered, bits, 64, g_idx=None,
+                         fragment_order=True, mma_min_rows=9)[1]["path"] == "mma"
+    assert emulated_gemm(harness, tmp_path, torch.randn(12, k).to(dtype), tensors, bits, 64, g_idx=None,
+                         mma_min_rows=17)[1]["path"] == "mma"  # capped at 9 for the GEMV kernel's layers
     tensors48, q48, *_ = random_layer(k, n, bits, 48)
     assert emulated_gemm(harness, tmp_path, x, dict(tensors48, qweight=pack_fragment_order(q48, bits)), bits, 48,
                          g_idx=None, fragment_order=True)[1]["path"] == "gemv"
@@ -320,7 +326,7 @@ def test_emulated_tensor_core_gemv_long_k_split_and_strided_rows(harness, tmp_pa
         w_t = expected_weight_t(q, scale, zero, g_idx)
         tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
         bias = torch.randn(n, dtype=torch.float32)
-        for rows in (1, 7):
+        for rows in (1, 7, 12):
             storage = torch.randn(rows, 2200, dtype=torch.float16)
             y, plan = emulated_gemm(harness, tmp_path, storage, tensors, bits, group_size, bias=bias, sms=sms,
                                     g_idx=None, fragment_order=True, ldx=2200)

@@ -2,10 +2,10 @@
 // workspace tensors, and the general path. Which path a call takes, with which grid and K split, is decided by
 // plan_gemm (gemm_plan.cuh) from shapes, dtypes and alignment only:
 //  * fp16/bf16 x with at most 8 rows: the fused GEMV kernel (gemv_kernel.cuh), which streams the packed weight
-//    once and never forms the dequantized matrix; for 2- and 4-bit weights in fragment order without g_idx and
-//    with groups of 32, 64 or a multiple of 128 rows, the tensor-core GEMV (gemv_tc_kernel.cuh) instead, which
-//    decodes two values per instruction and multiplies on the tensor cores (sm_80 and later;
-//    GPTQ_KERNELS_GEMV_TC=0 turns it off);
+//    once and never forms the dequantized matrix. For 2- and 4-bit weights in fragment order without g_idx and
+//    with groups of 32, 64 or a multiple of 128 rows, up to 16 rows take the tensor-core GEMV
+//    (gemv_tc_kernel.cuh) instead, which decodes two values per instruction pair and multiplies on the tensor
+//    cores (sm_80 and later; GPTQ_KERNELS_GEMV_TC=0 turns it off);
 //  * fp16/bf16 x with up to 256 rows: the tensor-core kernel (gemm_mma_kernel.cuh), which decodes packed tiles
 //    from shared memory into its B fragments and multiplies them with mma.sync (sm_80 and later;
 //    GPTQ_KERNELS_NO_MMA=1 turns it off, and then up to 32 rows take the GEMV kernel in row tiles of 8);
@@ -28,6 +28,7 @@
 #include "core/bitpack.h"
 #include "core/checks.h"
 #include "cuda/gemm_plan.cuh"
+#include "cuda/gemv_tc.cuh"
 #include "cuda/layout.cuh"
 #include "cuda/torch_types.h"
 
@@ -57,13 +58,14 @@ bool gemv_tc_enabled() {
   return enabled;
 }
 
-// GPTQ_KERNELS_MMA_MIN_ROWS (read once): the batch from which the tensor-core kernel replaces the GEMV kernel,
-// 1 to 9 (default 9). For benchmarking the two kernels against each other at small batches.
+// GPTQ_KERNELS_MMA_MIN_ROWS (read once): the batch from which the tensor-core kernel replaces the small-batch
+// kernels, 1 to 17 (plan_gemm caps it at 9 for layers the tensor-core GEMV does not take); unset or out of
+// range: automatic. For benchmarking the kernels against each other at small batches.
 int64_t mma_min_rows() {
   static const int64_t rows = [] {
     const char* v = std::getenv("GPTQ_KERNELS_MMA_MIN_ROWS");
-    const int64_t parsed = v == nullptr ? kDefaultMmaMinRows : std::atoll(v);
-    return parsed >= 1 && parsed <= kDefaultMmaMinRows ? parsed : kDefaultMmaMinRows;
+    const int64_t parsed = v == nullptr ? kAutoMmaMinRows : std::atoll(v);
+    return parsed >= 1 && parsed <= kGemvTcMaxRows + 1 ? parsed : kAutoMmaMinRows;
   }();
   return rows;
 }

@@ -22,8 +22,8 @@ constexpr int64_t kMmaMaxRows = 256;
 // Split-K aims for this many CTAs per SM: GEMV, 4 x 128 threads x ~128 bytes of loads in flight each; the
 // tensor-core kernel, kMmaCtasPerSm (gemm_mma.cuh: its register budget; up to 53 KB of shared memory each).
 constexpr int64_t kGemvCtasPerSm = 4;
-// The tensor-core GEMV aims at kGemvTcCtasPerSm (gemv_tc.cuh) CTAs per SM, with at least as many blocks each as
-// the GEMV kernel.
+// The tensor-core GEMV aims at gemv_tc_ctas_per_sm (gemv_tc.cuh) CTAs per SM, with at least as many blocks each
+// as the GEMV kernel.
 constexpr int64_t kGemvTcMinBlocksPerCta = 8;
 // Each CTA gets at least this many 32-row blocks of K, so its fixed costs (x staging and the cross-warp
 // reduction; the tensor-core kernel's pipeline fill) stay small next to the weight stream.
@@ -68,15 +68,20 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
   const int64_t m = problem.m;
   if (!problem.half_activations || !problem.weight_aligned || m < 1) return plan;
   const bool mma = problem.mma_available && problem.x_aligned;
-  const int64_t mma_min_rows = std::min<int64_t>(std::max<int64_t>(problem.mma_min_rows, 1), kGemvMaxRowsPerCta + 1);
-  const bool tensor_core_gemv = mma && problem.tensor_core_gemv && m <= kGemvTcMaxRows && problem.fragment_order &&
+  const bool tensor_core_gemv = mma && problem.tensor_core_gemv && problem.fragment_order &&
                                 (problem.bits == 2 || problem.bits == 4) && !problem.has_g_idx &&
                                 problem.scales_aligned && gemv_tc_group_class(problem.group_size, problem.k) != 0;
+  // Rows from which the tensor-core kernel takes over from the small-batch kernels.
+  const int64_t small_batch_rows = tensor_core_gemv ? kGemvTcMaxRows : kGemvMaxRowsPerCta;
+  const int64_t mma_min_rows = problem.mma_min_rows == kAutoMmaMinRows
+                                   ? small_batch_rows + 1
+                                   : std::min<int64_t>(std::max<int64_t>(problem.mma_min_rows, 1), small_batch_rows + 1);
   if (tensor_core_gemv && m < mma_min_rows) {
     plan.path = GemmPath::kGemvTensorCore;
     plan.rows_per_cta = static_cast<int>(m);
     plan.grid = dim3(1, static_cast<unsigned>((problem.n + kGemvTcColumns - 1) / kGemvTcColumns));
-    split_k(plan, problem, kGemvTcCtasPerSm, kGemvTcMinBlocksPerCta, kGemvTcBatchBlocks);
+    const int row_tiles = m <= kGemvTcTileRows ? 1 : 2;
+    split_k(plan, problem, gemv_tc_ctas_per_sm(row_tiles), kGemvTcMinBlocksPerCta, kGemvTcBatchBlocks);
   } else if (mma ? m < mma_min_rows : m <= kGemvMaxRows) {
     plan.path = GemmPath::kGemv;
     plan.rows_per_cta = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : kGemvMaxRowsPerCta;

@@ -12,11 +12,13 @@
 namespace gptq_kernels {
 namespace cuda {
 
-constexpr int64_t kDefaultMmaMinRows = 9;
+// GemmProblem::mma_min_rows when GPTQ_KERNELS_MMA_MIN_ROWS is not set: the small-batch kernels keep every batch
+// they can take (1-8 rows; 1-16 for layers the tensor-core GEMV takes).
+constexpr int64_t kAutoMmaMinRows = 0;
 
 enum class GemmPath {
   kGemv,                // up to 8 rows (32 without the tensor-core kernel): gemv_kernel.cuh
-  kGemvTensorCore,      // up to 8 rows, 2- and 4-bit weights in fragment order, no g_idx: gemv_tc_kernel.cuh
+  kGemvTensorCore,      // up to 16 rows, 2- and 4-bit weights in fragment order, no g_idx: gemv_tc_kernel.cuh
   kMma,                 // up to 256 rows: the tensor-core kernel, gemm_mma_kernel.cuh
   kDequantizeThenGemm,  // everything else: W^T dequantized to x's dtype, then one cuBLAS GEMM (gemm.cu)
 };
@@ -28,9 +30,10 @@ struct GemmProblem {
   bool x_aligned;         // x's base is 16-byte aligned and its row stride a multiple of 8 elements
   bool mma_available;     // sm_80 or later and not switched off with GPTQ_KERNELS_NO_MMA
   int64_t sms;            // streaming multiprocessors of the GPU
-  // Batches from this many rows take the tensor-core kernel when it is available (1..9; default 9, so the GEMV
-  // kernel keeps 1-8 rows). GPTQ_KERNELS_MMA_MIN_ROWS sets it, to compare the two kernels at small batches.
-  int64_t mma_min_rows = kDefaultMmaMinRows;
+  // Batches from this many rows take the tensor-core kernel (gemm_mma_kernel.cuh) when it is available: 1 to 9,
+  // or 1 to 17 for layers the tensor-core GEMV takes, or kAutoMmaMinRows. GPTQ_KERNELS_MMA_MIN_ROWS sets it, to
+  // compare the kernels at small batches.
+  int64_t mma_min_rows = kAutoMmaMinRows;
   int bits = 4;
   bool fragment_order = false;   // qweight in fragment order (core/fragment_order.h)
   bool has_g_idx = false;
@@ -43,7 +46,7 @@ struct GemmProblem {
 
 struct GemmPlan {
   GemmPath path;
-  int rows_per_cta;        // kGemv: 1, 2, 4 or 8 (kGemvTensorCore: all rows, at most 8, in one CTA)
+  int rows_per_cta;        // kGemv: 1, 2, 4 or 8 (kGemvTensorCore: all rows, at most 16, in one CTA)
   int mma_tiles;           // kMma: 16-row mma tiles per CTA, 1, 2 or 4
   dim3 grid;               // [row tiles, column tiles, K splits]
   int64_t splits;          // grid.z; above 1 the fused kernel writes fp32 partial sums to a workspace

@@ -1,4 +1,4 @@
-// The tensor-core GEMV: y = x @ W^T (+ bias) for 1 to 8 rows of x, 2- and 4-bit weights in fragment order
+// The tensor-core GEMV: y = x @ W^T (+ bias) for 1 to 16 rows of x, 2- and 4-bit weights in fragment order
 // (core/fragment_order.h), no g_idx, and groups of 32 or 64 rows, a multiple of 128 rows, or one group (what
 // QuantLinear runs on CUDA, sorted act-order included). Other small-batch calls take the GEMV kernel of gemv.cuh.
 //
@@ -9,16 +9,17 @@
 // the loads and mma (benchmarks/NOTES_cuda.md has the counts, benchmarks/sass_counts.py makes them).
 //
 // The product is computed transposed, y^T = W x^T, so that no mma row is wasted on a small batch: the weights are
-// the A operand (16 output columns x 16 rows of K) and x^T the B operand (16 rows of K x 8 batch rows), which
-// is why the kernel takes at most 8 rows. With g = lane / 4 and t = lane % 4:
+// the A operand (16 output columns x 16 rows of K) and x^T the B operand (16 rows of K x 8 batch rows); 9 to 16
+// rows take a second B tile, which reuses every decoded A fragment. With g = lane / 4 and t = lane % 4:
 //   * each warp owns 32 consecutive columns; lane (g, t) owns columns 4g..4g+3 of them and, per 32-row block,
 //     reads the fragment-order word of its t (4-bit: word t; 2-bit: word t / 2, of which it decodes half t % 2)
 //     for those 4 columns with one 16-byte load straight from global memory into registers;
 //   * its columns 4g + 2j and 4g + 2j + 1 are rows g and g + 8 of A tile j (j = 0, 1), so a block takes 2 tiles x
-//     2 steps of 16 rows = 4 mma, and the fp32 accumulators of lane (g, t) hold its own 4 columns for batch rows
-//     2t and 2t + 1: scales and zero points are those of its own columns;
-//   * x goes through shared memory: 512 rows of K of all (up to 8) batch rows per stage, copied with cp.async one
-//     stage ahead into a second buffer, and read with one ldmatrix.x4 per block (the B fragments of both steps);
+//     2 steps of 16 rows = 4 mma per row tile, and the fp32 accumulators of lane (g, t) hold its own 4 columns for
+//     batch rows 8r + 2t and 8r + 2t + 1 of row tile r: scales and zero points are those of its own columns;
+//   * x goes through shared memory: 512 rows of K of all (up to 16) batch rows per stage, copied with cp.async one
+//     stage ahead into a second buffer, and read with one ldmatrix.x4 per block and row tile (the B fragments of
+//     both steps);
 //   * the weight loads run one batch of 4 blocks ahead of the decode (kGemvTcBatchBlocks), across stage
 //     boundaries too; a group changes only between blocks at positions of a batch known at compile time (the
 //     kernel is instantiated per gemv_tc_group_class), and its scales and zeros were loaded a group ahead.
@@ -35,12 +36,15 @@ namespace gptq_kernels {
 namespace cuda {
 
 constexpr int kGemvTcThreads = 128;
-// CTAs per SM the kernel is built for (__launch_bounds__: at most 128 registers per thread) and split-K aims at.
-constexpr int kGemvTcCtasPerSm = 4;
 constexpr int kGemvTcWarps = kGemvTcThreads / 32;
 constexpr int kGemvTcWarpColumns = 32;                              // 8 lanes (g) x 4 columns
 constexpr int kGemvTcColumns = kGemvTcWarps * kGemvTcWarpColumns;  // 128 columns per CTA
-constexpr int kGemvTcMaxRows = 8;                                   // the n8 of the transposed mma
+constexpr int kGemvTcTileRows = 8;                                  // the n8 of the transposed mma
+constexpr int kGemvTcMaxTiles = 2;                                  // row tiles of x per CTA: up to 16 rows
+constexpr int kGemvTcMaxRows = kGemvTcMaxTiles * kGemvTcTileRows;
+// CTAs per SM the kernel is built for (__launch_bounds__: at most 128 registers per thread with one row tile,
+// 168 with two) and split-K aims at.
+__host__ __device__ constexpr int gemv_tc_ctas_per_sm(int row_tiles) { return row_tiles == 1 ? 4 : 3; }
 constexpr int kGemvTcStageBlocks = 16;                              // 512 rows of K of x per stage
 // Elements per shared-memory row of x: 16 bytes of padding shift each row by 4 banks, so the 8 row addresses of
 // an ldmatrix tile hit 32 different banks.
@@ -62,8 +66,8 @@ __host__ __device__ constexpr int gemv_tc_group_class(int64_t group_size, int64_
   return blocks <= 2 ? static_cast<int>(blocks) : blocks % kGemvTcBatchBlocks == 0 ? kGemvTcBatchBlocks : 0;
 }
 
-// Launches gemv_tc_kernel<T, BITS> (gemv_tc_kernel.cuh) on `grid` x kGemvTcThreads threads; BITS is 2 or 4.
-// Instantiated in gemv_tc_<bits>bit.cu. The caller checks the launch.
+// Launches gemv_tc_kernel (gemv_tc_kernel.cuh) for p.m <= kGemvTcMaxRows rows on `grid` x kGemvTcThreads
+// threads; BITS is 2 or 4. Instantiated in gemv_tc_<bits>bit.cu. The caller checks the launch.
 template <int BITS>
 void launch_gemv_tc(const FusedGemmParams& p, ActType type, dim3 grid, cudaStream_t stream);
 

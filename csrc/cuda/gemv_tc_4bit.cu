@@ -1,4 +1,4 @@
-// The 4-bit instantiations of the tensor-core GEMV (2 kernels: fp16 and bf16 activations).
+// The 4-bit instantiations of the tensor-core GEMV (12 kernels: fp16/bf16 x 3 group classes x 1-8/9-16 rows).
 #include "cuda/gemv_tc_kernel.cuh"
 
 namespace gptq_kernels {

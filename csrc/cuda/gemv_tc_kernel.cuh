@@ -103,8 +103,10 @@ struct InPlaceDecode {
 // BPG: how groups fall on blocks. 1 or 2: every group is exactly that many blocks; 4: a group boundary never
 // falls inside an aligned run of 4 blocks (groups of a multiple of 4 blocks, or one group). Load batches are
 // 4 blocks starting at multiples of 4, so a group can change only at compile-time positions of a batch.
-template <typename T, int BITS, int BPG>
-__global__ void __launch_bounds__(kGemvTcThreads, kGemvTcCtasPerSm) gemv_tc_kernel(const FusedGemmParams p) {
+// ROW_TILES: 8-row tiles of x (1 or 2).
+template <typename T, int BITS, int BPG, int ROW_TILES>
+__global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES))
+    gemv_tc_kernel(const FusedGemmParams p) {
   using Decode = InPlaceDecode<T, BITS>;
   constexpr int kRun = Decode::kRun;
   constexpr int kInFlight = kGemvTcBatchBlocks;
@@ -112,11 +114,12 @@ __global__ void __launch_bounds__(kGemvTcThreads, kGemvTcCtasPerSm) gemv_tc_kern
   static_assert(kBatches * kInFlight == kGemvTcStageBlocks && kBatches % 2 == 0,
                 "a stage must hold an even number of whole load batches");
   static_assert(BPG == 1 || BPG == 2 || BPG == kInFlight, "group changes must fall on fixed batch positions");
-  constexpr int kStageElems = kGemvTcMaxRows * kGemvTcRowStride;
+  constexpr int kRows = ROW_TILES * kGemvTcTileRows;
+  constexpr int kStageElems = kRows * kGemvTcRowStride;
   constexpr int kChunksPerRow = kGemvTcStageBlocks * core::kBlockValues * 2 / 16;  // 16-byte pieces: 64
-  constexpr int kCopies = kGemvTcMaxRows * kChunksPerRow / kGemvTcThreads;         // per thread and stage: 4
-  static_assert(kCopies * kGemvTcThreads == kGemvTcMaxRows * kChunksPerRow, "x stage pieces must spread evenly");
-  __shared__ __align__(16) T xs[2 * kStageElems];  // x [buffer][8 rows][512 + 8]; rows past M are zeros
+  constexpr int kCopies = kRows * kChunksPerRow / kGemvTcThreads;                   // per thread and stage: 4, 8
+  static_assert(kCopies * kGemvTcThreads == kRows * kChunksPerRow, "x stage pieces must spread evenly");
+  __shared__ __align__(16) T xs[2 * kStageElems];  // x [buffer][kRows][512 + 8]; rows past M are zeros
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int fg = lane / 4, ft = lane % 4;  // fragment coordinates (MmaOps)
@@ -184,22 +187,28 @@ __global__ void __launch_bounds__(kGemvTcThreads, kGemvTcCtasPerSm) gemv_tc_kern
   Decode::multipliers(multipliers);
   uint32_t offset[4][kRun];  // per column of this lane: the decode's offset pairs for the group's zero point
   float scale[4];         // per column of this lane: the group's scale
-  // Accumulators of A tile j: [0] column 4g + 2j, batch row 2t; [1] same column, row 2t + 1; [2] and [3] the same
-  // for column 4g + 2j + 1.
-  float acc[2][4];        // sum of x (q - zero) within the current group
-  float out[2][4];        // sum over finished groups of scale * acc
+  // Accumulators of A tile j and row tile r: [0] column 4g + 2j, batch row 8r + 2t; [1] same column, row
+  // 8r + 2t + 1; [2] and [3] the same for column 4g + 2j + 1.
+  float acc[2][ROW_TILES][4];  // sum of x (q - zero) within the current group
+  float out[2][ROW_TILES][4];  // sum over finished groups of scale * acc
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[j][i] = out[j][i] = 0.f;
+    for (int r = 0; r < ROW_TILES; ++r) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][r][i] = out[j][r][i] = 0.f;
+    }
   }
   auto finish_group = [&]() {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        out[j][i] = fmaf(scale[2 * j + i / 2], acc[j][i], out[j][i]);
-        acc[j][i] = 0.f;
+      for (int r = 0; r < ROW_TILES; ++r) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          out[j][r][i] = fmaf(scale[2 * j + i / 2], acc[j][r][i], out[j][r][i]);
+          acc[j][r][i] = 0.f;
+        }
       }
     }
   };
@@ -217,10 +226,14 @@ __global__ void __launch_bounds__(kGemvTcThreads, kGemvTcCtasPerSm) gemv_tc_kern
 
   // Block `slot` of the stage in `buffer`, with its words w, into acc.
   auto multiply_block = [&](const uint32_t (&w)[kRegsPerBlock], int buffer, int slot) {
-    // B fragments of both 16-row steps: x rows 0-7 of K columns 8i..8i+7 of the block from lanes 8i..8i+7.
-    uint32_t xb[4];
-    ldmatrix_x4(xb, xs + buffer * kStageElems + (lane % 8) * kGemvTcRowStride + slot * core::kBlockValues +
-                        (lane / 8) * 8);
+    // B fragments of both 16-row steps per row tile r: x rows 8r..8r+7 of K columns 8i..8i+7 of the block from
+    // lanes 8i..8i+7.
+    uint32_t xb[ROW_TILES][4];
+#pragma unroll
+    for (int r = 0; r < ROW_TILES; ++r) {
+      ldmatrix_x4(xb[r], xs + buffer * kStageElems + (r * kGemvTcTileRows + lane % 8) * kGemvTcRowStride +
+                             slot * core::kBlockValues + (lane / 8) * 8);
+    }
     uint32_t values[4];
 #pragma unroll
     for (int c = 0; c < 4; ++c) values[c] = column_values(w, c);
@@ -237,8 +250,11 @@ __global__ void __launch_bounds__(kGemvTcThreads, kGemvTcCtasPerSm) gemv_tc_kern
       a[1][1] = Decode::template decode<2>(values[2 * j + 1], multipliers, offset[2 * j + 1]);
       a[1][2] = Decode::template decode<3>(values[2 * j], multipliers, offset[2 * j]);
       a[1][3] = Decode::template decode<3>(values[2 * j + 1], multipliers, offset[2 * j + 1]);
-      MmaOps<T>::mma(acc[j], a[0], xb[0], xb[1]);
-      MmaOps<T>::mma(acc[j], a[1], xb[2], xb[3]);
+#pragma unroll
+      for (int r = 0; r < ROW_TILES; ++r) {
+        MmaOps<T>::mma(acc[j][r], a[0], xb[r][0], xb[r][1]);
+        MmaOps<T>::mma(acc[j][r], a[1], xb[r][2], xb[r][3]);
+      }
     }
   };
 
@@ -294,15 +310,15 @@ __global__ void __launch_bounds__(kGemvTcThreads, kGemvTcCtasPerSm) gemv_tc_kern
   }
   finish_group();
 
-  // Lane (g, t) holds columns n0..n0+3 of batch rows 2t and 2t + 1.
+  // Lane (g, t) holds columns n0..n0+3 of batch rows 8r + 2t and 8r + 2t + 1.
   if (!writes) return;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int m = 2 * ft + h;
-    if (m >= p.m) break;
+  for (int rh = 0; rh < 2 * ROW_TILES; ++rh) {
+    const int r = rh / 2, h = rh % 2, m = r * kGemvTcTileRows + 2 * ft + h;
+    if (m >= p.m) continue;
     float v[4];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) v[c] = out[c / 2][(c % 2) * 2 + h];
+    for (int c = 0; c < 4; ++c) v[c] = out[c / 2][r][(c % 2) * 2 + h];
     if (gridDim.z == 1) {
       if (p.bias != nullptr) {
 #pragma unroll
@@ -319,12 +335,21 @@ __global__ void __launch_bounds__(kGemvTcThreads, kGemvTcCtasPerSm) gemv_tc_kern
   }
 }
 
+template <typename T, int BITS, int ROW_TILES>
+void launch_gemv_tc_rows(const FusedGemmParams& p, dim3 grid, cudaStream_t stream) {
+  switch (gemv_tc_group_class(p.group_size, p.k)) {
+    case 1: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, 1, ROW_TILES>)(p); break;
+    case 2: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, 2, ROW_TILES>)(p); break;
+    default: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, kGemvTcBatchBlocks, ROW_TILES>)(p);
+  }
+}
+
 template <typename T, int BITS>
 void launch_gemv_tc_typed(const FusedGemmParams& p, dim3 grid, cudaStream_t stream) {
-  switch (gemv_tc_group_class(p.group_size, p.k)) {
-    case 1: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, 1>)(p); break;
-    case 2: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, 2>)(p); break;
-    default: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, kGemvTcBatchBlocks>)(p);
+  if (p.m <= kGemvTcTileRows) {
+    launch_gemv_tc_rows<T, BITS, 1>(p, grid, stream);
+  } else {
+    launch_gemv_tc_rows<T, BITS, 2>(p, grid, stream);
   }
 }
 

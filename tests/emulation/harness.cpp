@@ -177,7 +177,7 @@ void run_gemm(const Job& job) {
   problem.x_aligned = job.num("x_aligned", 1) != 0;
   problem.mma_available = job.num("mma", 1) != 0;
   problem.sms = job.num("sms");
-  problem.mma_min_rows = job.num("mma_min_rows", kDefaultMmaMinRows);
+  problem.mma_min_rows = job.num("mma_min_rows", kAutoMmaMinRows);
   problem.bits = static_cast<int>(bits);
   problem.fragment_order = job.num("fragment_order", 0) != 0;
   problem.has_g_idx = job.has_array("g_idx");
