@@ -8,8 +8,9 @@ within each round (interleaved) and the table shows medians. Every call of a gra
 the weights and of x, and the copies together exceed the L2 cache (50 MB on H100), as a model's layers would.
 "GB/s" is the weight bytes (packed weights, scales, zeros) read per second, "%copy" that rate against the
 measured device-to-device copy bandwidth. "gptq N-bit" is what QuantLinear runs (2- and 4-bit weights in fragment
-order: the tensor-core GEMV up to 16 rows); "ckpt order" the same weights in checkpoint order, which takes the GEMV
-kernel on the CUDA cores up to 8 rows and the tensor-core kernel from 9: the kernels side by side.
+order, 3-bit in the checkpoint order: the tensor-core GEMV up to 16 rows); "ckpt order" the same 2- and 4-bit
+weights in checkpoint order and "3-bit g_idx" the 3-bit layer with its g_idx passed, which take the GEMV kernel on
+the CUDA cores up to 8 rows and the tensor-core kernel from 9: the kernels side by side.
 
     python benchmarks/bench_cuda.py                                   # everything (a few minutes on an H100)
     python benchmarks/bench_cuda.py --shapes 8192x8192 --batches 1,16 --bits 4
@@ -215,6 +216,14 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
                     xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size),
                     max(MIN_CALLS, len(layers)))
                 nbytes[name] = gptq_bytes(k, n, bits, group_size)
+        if 3 in ours and batch <= GEMV_TC_MAX_BATCH:
+            # 3-bit weights have no other order: passing their (sequential) g_idx, which the tensor-core GEMV does
+            # not take, runs the GEMV kernel (1-8 rows) or the tensor-core kernel (9-16) on the same weights.
+            name, layers = "gptq 3-bit g_idx", ours[3]
+            g_idx3 = torch.arange(k, device="cuda", dtype=torch.int32) // (k if group_size == -1 else group_size)
+            contenders[name] = (lambda i, layers=layers: ops.gemm(
+                xs[i % len(xs)], *layers[i % len(layers)], g_idx3, None, 3, group_size), max(MIN_CALLS, len(layers)))
+            nbytes[name] = gptq_bytes(k, n, 3, group_size)
         if 4 in ours and batch >= DEQUANT_CONTENDER_MIN_BATCH:
             # What gemm does past the tensor-core kernel's range (dequantize, then cuBLAS), timed next to it:
             # where the two cross is where gemm_fused.cu's kMmaMaxRows belongs.
@@ -249,12 +258,12 @@ def print_summary(results, copy_gbps, log):
     """One line per shape and batch: speedup of every contender over cuBLAS fp16, and the 4-bit kernel's share of
     the copy bandwidth (the acceptance criteria of issue #4 read straight off this table)."""
     kernels = [k for k in ("torch int4 (bf16)", "gptq 2-bit", "gptq 3-bit", "gptq 4-bit", "gptq 8-bit",
-                           "gptq 2-bit ckpt order", "gptq 4-bit ckpt order", "gptq 4-bit dequant+mm", "bcq 2-plane",
-                           "bcq 3-plane")
+                           "gptq 2-bit ckpt order", "gptq 3-bit g_idx", "gptq 4-bit ckpt order",
+                           "gptq 4-bit dequant+mm", "bcq 2-plane", "bcq 3-plane")
                if any(r["kernel"] == k for r in results)]
     short = {"torch int4 (bf16)": "int4", "gptq 2-bit": "2b", "gptq 3-bit": "3b", "gptq 4-bit": "4b", "gptq 8-bit": "8b",
-             "gptq 2-bit ckpt order": "2b-ckpt", "gptq 4-bit ckpt order": "4b-ckpt", "gptq 4-bit dequant+mm": "4b-dq", "bcq 2-plane": "bcq2",
-             "bcq 3-plane": "bcq3"}
+             "gptq 2-bit ckpt order": "2b-ckpt", "gptq 3-bit g_idx": "3b-gidx", "gptq 4-bit ckpt order": "4b-ckpt",
+             "gptq 4-bit dequant+mm": "4b-dq", "bcq 2-plane": "bcq2", "bcq 3-plane": "bcq3"}
     log("\nsummary: speedup vs cuBLAS fp16 (fp16 column in us); 4b %copy = 4-bit weight GB/s / copy GB/s")
     log(f"{'shape':>12} {'batch':>5} {'fp16 us':>9}" + "".join(f"{short[k]:>8}" for k in kernels) + f"{'4b %copy':>10}")
     by_key = {}

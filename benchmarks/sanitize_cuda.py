@@ -6,7 +6,8 @@ Covers pack, unpack, permute_rows, dequantize (3 output dtypes), the GEMV kernel
 kernel (16, 32 and 64 rows per CTA, two row tiles), each with and without split-K, a partial column tile, the
 per-row group path of unsorted act-order g_idx and a bias, and the dequantize + cuBLAS path; for 2 and 4 bits
 the same with the weight in fragment order (gemm_fragment_ordered, to_fragment_order), and without g_idx up to 16
-rows (the tensor-core GEMV, one and two row tiles, groups of 128 and 32 rows, N = 160: a partial column tile).
+rows (the tensor-core GEMV: 2 and 4 bits in fragment order, 3 bits in the checkpoint order; one and two row
+tiles, groups of 128 and 32 rows, N = 160: a partial column tile).
 Also checks the results
 loosely, so a run that computes garbage fails too.
 The BCQ ops too: bcq_dequantize (1 to 3 planes, groups inside and on 32-input blocks) and bcq_gemm's
@@ -91,9 +92,10 @@ def main():
                     check(ops.gemm(x, *w, None, bits, group_size), x, w_t)
                     if ops.has_fragment_order(bits):  # the layout QuantLinear uses on the GPU
                         check(ops.gemm_fragment_ordered(x, fragment, *w[1:], bias, bits, group_size), x, w_t, bias)
-                        if rows <= 16 and not act_order:  # no g_idx: the tensor-core GEMV
-                            check(ops.gemm_fragment_ordered(x, fragment, w[1], w[2], None, bias, bits, group_size),
-                                  x, w_t, bias)
+                    if rows <= 16 and not act_order and bits != 8:  # no g_idx: the tensor-core GEMV
+                        gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
+                        weight = fragment if ops.has_fragment_order(bits) else w[0]
+                        check(gemm(x, weight, w[1], w[2], None, bias, bits, group_size), x, w_t, bias)
         print(f"sanitize_cuda: {bits}-bit done", flush=True)
     x = torch.randn(3, 576, device="cuda")
     w = layer(576, 96, 4, 128)

@@ -3,12 +3,13 @@ machine with nvcc (no GPU needed).
 
 Compiles each source to a cubin for one architecture, disassembles it with cuobjdump (from $CUDA_HOME/bin, PATH,
 or the copy that ships with triton) and prints, per kernel, registers, spills, total instructions and the
-instruction mix. With --between OP, also the mix of the second stretch of code that holds --per-block
-occurrences of opcode OP: for the tensor-core GEMV (one LDSM per 32-row block and row tile) that is one block's
-decode and mma, per thread:
+instruction mix. With --between OP, also the mix of stretch --block (from 0) of the code cut after every
+--per-block occurrences of opcode OP: for the tensor-core GEMV (4 HMMA per 32-row block and row tile) that is one
+block's decode and mma, per thread, when the stretch lies inside a load batch (not at its start, where the group
+change sits):
 
-    python benchmarks/sass_counts.py csrc/cuda/gemv_tc_2bit.cu --between LDSM --kernel half
-    python benchmarks/sass_counts.py csrc/cuda/gemv_tc_4bit.cu --between LDSM --per-block 2 --kernel ELi2EEE
+    python benchmarks/sass_counts.py csrc/cuda/gemv_tc_2bit.cu --between HMMA --per-block 4 --kernel half
+    python benchmarks/sass_counts.py csrc/cuda/gemv_tc_3bit.cu --between HMMA --per-block 4 --block 2
 
 These are static counts along straight-line code, not measurements: which branches run, and how fast, only a
 GPU can tell.
@@ -57,6 +58,7 @@ def main():
     parser.add_argument("--kernel", default="", help="only kernels whose mangled name contains this")
     parser.add_argument("--between", default="", help="also print the mix of one block, delimited by this opcode")
     parser.add_argument("--per-block", type=int, default=1, help="occurrences of the --between opcode per block")
+    parser.add_argument("--block", type=int, default=1, help="which stretch to count (0 is the first)")
     args = parser.parse_args()
     nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
     if nvcc is None or cuobjdump is None:
@@ -84,7 +86,7 @@ def main():
                       + " ".join(f"{op} {n}" for op, n in mix.most_common(12)))
                 if args.between:
                     at = [i for i, ins in enumerate(instructions) if opcode(ins) == args.between]
-                    first, last = args.per_block, 2 * args.per_block
+                    first, last = args.block * args.per_block, (args.block + 1) * args.per_block
                     if len(at) > last:
                         span = collections.Counter(opcode(i) for i in instructions[at[first]:at[last]])
                         print(f"  one block (from {args.between} {first + 1} to {last + 1}): {at[last] - at[first]} "

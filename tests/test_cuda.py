@@ -254,34 +254,36 @@ def test_gemm_fragment_ordered_matches_float64_reference(bits, dtype, group_size
         assert_close_to_reference(y, x, big_w_t)
 
 
-@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-def test_gemm_fragment_ordered_small_batches_without_g_idx(bits, dtype):
-    # 1-16 rows of fragment-ordered weights without g_idx take the tensor-core GEMV (gemv_tc_kernel.cuh): each of
-    # its group classes (32, 64, multiples of 128 rows, one group), every scale dtype, a bias, N = 160 (a CTA whose
-    # last warps lie past N), K = 1088 (two x stages, the second partial; groups of 256 end in a partial one) and
-    # rows of x 8 elements apart from the next.
+def test_gemm_small_batches_without_g_idx(bits, dtype):
+    # 1-16 rows without g_idx take the tensor-core GEMV (gemv_tc_kernel.cuh): 2- and 4-bit weights in fragment
+    # order (gemm_fragment_ordered), 3-bit in the checkpoint order (gemm). Each of its group classes (32, 64,
+    # multiples of 128 rows, one group), every scale dtype, a bias, N = 160 (a CTA whose last warps lie past N),
+    # K = 1088 (two x stages, the second partial; groups of 256 end in a partial one) and rows of x 8 elements
+    # apart from the next.
+    def run(x, tensors, bias, group_size):
+        if bits == 3:
+            return ops.gemm(x, tensors["qweight"], tensors["qzeros"], tensors["scales"], None, bias, bits, group_size)
+        return ops.gemm_fragment_ordered(x, ops.to_fragment_order(tensors["qweight"], bits), tensors["qzeros"],
+                                         tensors["scales"], None, bias, bits, group_size)
+
     k, n = 1088, 160
     for group_size, scale_dtype in ((32, dtype), (64, torch.float32), (128, torch.float16), (256, dtype),
                                     (-1, torch.bfloat16)):
         tensors, w_t, _, _ = cuda_layer(k, n, bits, group_size, scale_dtype=scale_dtype)
-        fragment = ops.to_fragment_order(tensors["qweight"], bits)
         for rows in (*range(1, 9), 9, 12, 16):
             storage = torch.randn(rows, k + 8, device="cuda").to(dtype)
             x = storage[:, :k]
             bias = torch.randn(n, device="cuda").to(dtype) if rows % 2 else None
             poison_allocator()
-            y = ops.gemm_fragment_ordered(x, fragment, tensors["qzeros"], tensors["scales"], None, bias, bits,
-                                          group_size)
-            assert_close_to_reference(y, x, w_t, bias)
+            assert_close_to_reference(run(x, tensors, bias, group_size), x, w_t, bias)
     # Long K, split over CTAs: 70B down-projection width.
     big, big_w_t = big_layer(28672, 1024, bits, 128)
-    fragment = ops.to_fragment_order(big["qweight"], bits)
     for rows in (1, 5, 13):
         x = torch.randn(rows, 28672, device="cuda", dtype=dtype)
         poison_allocator()
-        y = ops.gemm_fragment_ordered(x, fragment, big["qzeros"], big["scales"], None, None, bits, 128)
-        assert_close_to_reference(y, x, big_w_t)
+        assert_close_to_reference(run(x, big, None, 128), x, big_w_t)
 
 
 # ------------------------------------------------------------------------------------------ QuantLinear

@@ -34,7 +34,7 @@ CUDA_HOME = pathlib.Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
 # binary-coded (BCQ) kernels.
 KERNEL_SOURCES = [f"csrc/cuda/gemv_{b}bit.cu" for b in (2, 3, 4, 8)] + \
                  [f"csrc/cuda/gemm_mma_{b}bit.cu" for b in (2, 3, 4, 8)] + \
-                 [f"csrc/cuda/gemv_tc_{b}bit.cu" for b in (2, 4)] + \
+                 [f"csrc/cuda/gemv_tc_{b}bit.cu" for b in (2, 3, 4)] + \
                  ["csrc/cuda/gemm_fused.cu", "csrc/cuda/layout_kernels.cu", "csrc/cuda/gptq_block_kernel.cu",
                   "csrc/cuda/bcq_fused.cu", "csrc/cuda/bcq_gemv_2planes.cu", "csrc/cuda/bcq_gemv_3planes.cu",
                   "csrc/cuda/bcq_dequantize.cu"]
@@ -274,44 +274,54 @@ def test_emulated_fragment_order_long_k(harness, tmp_path, sms):
         assert_close_to_reference(y, x, w_t, bias)
 
 
-@pytest.mark.parametrize("bits", [2, 4])
+def _tensor_core_gemv_layout(tensors, q, bits):
+    """The layout the tensor-core GEMV reads: fragment order for 2 and 4 bits, the checkpoint order for 3."""
+    return (tensors, False) if bits == 3 else (dict(tensors, qweight=pack_fragment_order(q, bits)), True)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
 def test_emulated_tensor_core_gemv(harness, tmp_path, bits, dtype, mode):
-    # 1-16 rows of 2- and 4-bit weights in fragment order without g_idx take the tensor-core GEMV. K = 576 is 18
-    # blocks: a full x stage of 16 and a partial one, and a last group of 64 rows under groups of 128; N = 160
-    # leaves three warps of the second CTA past N. Scales of every dtype; 1-8 rows fill part or all of one 8-row
-    # tile of the mma's B operand (lanes t = 0..3 write rows 2t and 2t + 1), 9-16 rows two tiles.
+    # 1-16 rows without g_idx take the tensor-core GEMV (2- and 4-bit weights in fragment order, 3-bit in the
+    # checkpoint order). K = 576 is 18 blocks: a full x stage of 16 and a partial one, and a last group of 64 rows
+    # under groups of 128; N = 160 leaves three warps of the second CTA past N (and 3-bit zero points that straddle
+    # qzeros words). Scales of every dtype; 1-8 rows fill part or all of one 8-row tile of the mma's B operand
+    # (lanes t = 0..3 write rows 2t and 2t + 1), 9-16 rows two tiles.
     k, n = 576, 160
-    for group_size, scale_dtype in ((128, dtype), (32, torch.float32), (-1, torch.float16)):
+    for group_size, scale_dtype in ((128, dtype), (32, torch.float32), (64, dtype), (-1, torch.float16)):
         tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size, scale_dtype=scale_dtype)
         w_t = expected_weight_t(q, scale, zero, g_idx)
-        tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
+        tensors, fragment = _tensor_core_gemv_layout(tensors, q, bits)
         for rows in (1, 2, 5, 8, 9, 14, 16):
             x = torch.randn(rows, k).to(dtype)
             bias = torch.randn(n).to(dtype) if rows % 2 else None
             y, plan = emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, bias=bias, g_idx=None, sms=1,
-                                    fragment_order=True, mode=mode)
+                                    fragment_order=fragment, mode=mode)
             assert plan["path"] == "gemv_tc", plan
             assert_close_to_reference(y, x, w_t, bias)
-    # What it does not take: a g_idx, groups that split blocks, the checkpoint order, 17 rows, or switched off; and
-    # with GPTQ_KERNELS_MMA_MIN_ROWS set, the rows from there on.
+    # What it does not take: a g_idx, groups that split blocks (or that its batches of load would split), the
+    # checkpoint order of 2- and 4-bit weights, 17 rows, or switched off; and with GPTQ_KERNELS_MMA_MIN_ROWS set,
+    # the rows from there on.
     tensors, q, scale, zero, g_idx = random_layer(k, n, bits, 64)
-    ordered = dict(tensors, qweight=pack_fragment_order(q, bits))
+    ours, fragment = _tensor_core_gemv_layout(tensors, q, bits)
     x = torch.randn(4, k).to(dtype)
-    assert emulated_gemm(harness, tmp_path, x, ordered, bits, 64, fragment_order=True)[1]["path"] == "gemv"
-    assert emulated_gemm(harness, tmp_path, x, tensors, bits, 64, g_idx=None)[1]["path"] == "gemv"
-    assert emulated_gemm(harness, tmp_path, x, ordered, bits, 64, g_idx=None, fragment_order=True,
-                         gemv_tc=False)[1]["path"] == "gemv"
-    assert emulated_gemm(harness, tmp_path, torch.randn(17, k).to(dtype), ordered, bits, 64, g_idx=None,
-                         fragment_order=True)[1]["path"] == "mma"
-    assert emulated_gemm(harness, tmp_path, torch.randn(12, k).to(dtype), ordered, bits, 64, g_idx=None,
-                         fragment_order=True, mma_min_rows=9)[1]["path"] == "mma"
-    assert emulated_gemm(harness, tmp_path, torch.randn(12, k).to(dtype), tensors, bits, 64, g_idx=None,
-                         mma_min_rows=17)[1]["path"] == "mma"  # capped at 9 for the GEMV kernel's layers
-    tensors48, q48, *_ = random_layer(k, n, bits, 48)
-    assert emulated_gemm(harness, tmp_path, x, dict(tensors48, qweight=pack_fragment_order(q48, bits)), bits, 48,
-                         g_idx=None, fragment_order=True)[1]["path"] == "gemv"
+
+    def path(x, tensors, group_size, **options):
+        return emulated_gemm(harness, tmp_path, x, tensors, bits, group_size, **options)[1]["path"]
+
+    assert path(x, ours, 64, fragment_order=fragment) == "gemv"
+    assert path(x, ours, 64, g_idx=None, fragment_order=fragment, gemv_tc=False) == "gemv"
+    assert path(torch.randn(17, k).to(dtype), ours, 64, g_idx=None, fragment_order=fragment) == "mma"
+    assert path(torch.randn(12, k).to(dtype), ours, 64, g_idx=None, fragment_order=fragment, mma_min_rows=9) == "mma"
+    if bits != 3:
+        assert path(x, tensors, 64, g_idx=None) == "gemv"
+        # GPTQ_KERNELS_MMA_MIN_ROWS is capped at 9 for the GEMV kernel's layers.
+        assert path(torch.randn(12, k).to(dtype), tensors, 64, g_idx=None, mma_min_rows=17) == "mma"
+    for group_size in (48, 96) if bits == 3 else (48,):  # 96 rows: 3 blocks, not a whole number of 3-bit batches
+        odd, q_odd, *_ = random_layer(k, n, bits, group_size)
+        odd, _ = _tensor_core_gemv_layout(odd, q_odd, bits)
+        assert path(x, odd, group_size, g_idx=None, fragment_order=fragment) == "gemv"
 
 
 @pytest.mark.parametrize("sms", [1, H100_SMS])
@@ -321,15 +331,15 @@ def test_emulated_tensor_core_gemv_long_k_split_and_strided_rows(harness, tmp_pa
     # end inside a stage and, under groups of 256, start inside a group; partial sums reduced by the second kernel).
     # Rows of x 2200 elements apart.
     k, n = 2080, 512
-    for bits, group_size in ((2, 128), (4, 256)):
+    for bits, group_size in ((2, 128), (3, 64), (4, 256)):
         tensors, q, scale, zero, g_idx = random_layer(k, n, bits, group_size)
         w_t = expected_weight_t(q, scale, zero, g_idx)
-        tensors = dict(tensors, qweight=pack_fragment_order(q, bits))
+        tensors, fragment = _tensor_core_gemv_layout(tensors, q, bits)
         bias = torch.randn(n, dtype=torch.float32)
         for rows in (1, 7, 12):
             storage = torch.randn(rows, 2200, dtype=torch.float16)
             y, plan = emulated_gemm(harness, tmp_path, storage, tensors, bits, group_size, bias=bias, sms=sms,
-                                    g_idx=None, fragment_order=True, ldx=2200)
+                                    g_idx=None, fragment_order=fragment, ldx=2200)
             assert plan["path"] == "gemv_tc" and (int(plan["splits"]) > 1) == (sms > 1), plan
             assert_close_to_reference(y, storage[:, :k], w_t, bias)
 

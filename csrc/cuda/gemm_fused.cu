@@ -68,9 +68,12 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
   const int64_t m = problem.m;
   if (!problem.half_activations || !problem.weight_aligned || m < 1) return plan;
   const bool mma = problem.mma_available && problem.x_aligned;
-  const bool tensor_core_gemv = mma && problem.tensor_core_gemv && problem.fragment_order &&
-                                (problem.bits == 2 || problem.bits == 4) && !problem.has_g_idx &&
-                                problem.scales_aligned && gemv_tc_group_class(problem.group_size, problem.k) != 0;
+  // 2- and 4-bit weights in fragment order, 3-bit in the checkpoint order (they have no other).
+  const bool tc_layout = problem.bits == 3 ? !problem.fragment_order
+                                           : (problem.bits == 2 || problem.bits == 4) && problem.fragment_order;
+  const bool tensor_core_gemv = mma && problem.tensor_core_gemv && tc_layout && !problem.has_g_idx &&
+                                problem.scales_aligned &&
+                                gemv_tc_group_class(problem.group_size, problem.k, problem.bits) != 0;
   // Rows from which the tensor-core kernel takes over from the small-batch kernels.
   const int64_t small_batch_rows = tensor_core_gemv ? kGemvTcMaxRows : kGemvMaxRowsPerCta;
   const int64_t mma_min_rows = problem.mma_min_rows == kAutoMmaMinRows
@@ -81,7 +84,7 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
     plan.rows_per_cta = static_cast<int>(m);
     plan.grid = dim3(1, static_cast<unsigned>((problem.n + kGemvTcColumns - 1) / kGemvTcColumns));
     const int row_tiles = m <= kGemvTcTileRows ? 1 : 2;
-    split_k(plan, problem, gemv_tc_ctas_per_sm(row_tiles), kGemvTcMinBlocksPerCta, kGemvTcBatchBlocks);
+    split_k(plan, problem, gemv_tc_ctas_per_sm(row_tiles), kGemvTcMinBlocksPerCta, kGemvTcSplitBlocks);
   } else if (mma ? m < mma_min_rows : m <= kGemvMaxRows) {
     plan.path = GemmPath::kGemv;
     plan.rows_per_cta = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : kGemvMaxRowsPerCta;
@@ -103,10 +106,10 @@ cudaError_t launch_fused_gemm(const GemmPlan& plan, int bits, const FusedGemmPar
   if (plan.path == GemmPath::kGemv) {
     launch_gemv_bits(bits, p, type, plan.rows_per_cta, plan.grid, stream);
   } else if (plan.path == GemmPath::kGemvTensorCore) {
-    if (bits == 2) {
-      launch_gemv_tc<2>(p, type, plan.grid, stream);
-    } else {
-      launch_gemv_tc<4>(p, type, plan.grid, stream);
+    switch (bits) {
+      case 2: launch_gemv_tc<2>(p, type, plan.grid, stream); break;
+      case 3: launch_gemv_tc<3>(p, type, plan.grid, stream); break;
+      default: launch_gemv_tc<4>(p, type, plan.grid, stream);
     }
   } else {
     const cudaError_t error = launch_mma_bits(bits, p, type, plan.mma_tiles, plan.grid, stream);

@@ -2,6 +2,7 @@
 // gemv_tc_<bits>bit.cu files that instantiate it.
 #pragma once
 #include <climits>
+#include <type_traits>
 
 #include "cuda/gemv_tc.cuh"
 #include "cuda/mma_ops.cuh"
@@ -14,6 +15,7 @@ namespace cuda {
 struct RawGroup {
   uint4 scales;    // 4 x fp32, or 4 x 16 bits in .x and .y (fp16, bf16)
   uint32_t zeros;  // the qzeros word holding the 4 columns' zero points (minus one)
+  uint32_t zeros_next;  // 3-bit: the next word, where the 4 zero points reach into it
 };
 
 // Walks one lane's scales and zeros group by group with two pointers (no 64-bit index maths per group), staying
@@ -22,13 +24,16 @@ template <int BITS>
 class GroupStream {
  public:
   __device__ __forceinline__ GroupStream(const FusedGemmParams& p, int group, int n0)
-      : group_(group), groups_(p.groups), fp32_(p.scale_type == FloatType::kFloat) {
+      : group_(group), groups_(p.groups), fp32_(p.scale_type == FloatType::kFloat),
+        zeros_straddle_(BITS == 3 && zero_shift(n0) + 4 * BITS > 32) {
     const int64_t scale_bytes = fp32_ ? 4 : 2;
     scale_row_ = p.n * scale_bytes;
-    zero_row_ = p.n / (32 / BITS);
+    zero_row_ = p.n * BITS / 32;
     scales_ = static_cast<const unsigned char*>(p.scales) + (static_cast<int64_t>(group) * p.n + n0) * scale_bytes;
-    zeros_ = p.qzeros + static_cast<int64_t>(group) * zero_row_ + n0 / (32 / BITS);
+    zeros_ = p.qzeros + static_cast<int64_t>(group) * zero_row_ + static_cast<int64_t>(n0) * BITS / 32;
   }
+  // Where column n0's zero point starts in its qzeros word (n0 a multiple of 4).
+  static __device__ __forceinline__ int zero_shift(int n0) { return n0 * BITS % 32; }
   // Scales: 4 consecutive values at a multiple of 4 columns, 8- or 16-byte aligned (plan_gemm checks the base).
   __device__ __forceinline__ RawGroup load() const {
     RawGroup r;
@@ -39,6 +44,7 @@ class GroupStream {
       r.scales = make_uint4(v.x, v.y, 0u, 0u);
     }
     r.zeros = __ldg(zeros_);
+    r.zeros_next = zeros_straddle_ ? __ldg(zeros_ + 1) : 0u;  // never past the row where it is not needed
     return r;
   }
   __device__ __forceinline__ void advance() {
@@ -47,7 +53,7 @@ class GroupStream {
 
  private:
   int group_, groups_;
-  bool fp32_;
+  bool fp32_, zeros_straddle_;
   int64_t scale_row_, zero_row_;
   const unsigned char* scales_;
   const uint32_t* zeros_;
@@ -70,6 +76,7 @@ __device__ __forceinline__ float raw_scale(const uint4& s, int c, FloatType type
 template <typename T, int BITS>
 struct InPlaceDecode {
   using Magic = MagicPair<T>;
+  static constexpr int kValueRegs = 1;
   static constexpr int kRun = Magic::kMantissaBits / BITS < 4 ? Magic::kMantissaBits / BITS : 4;
 
   // Multipliers (2^-position in both halves), built once.
@@ -91,35 +98,82 @@ struct InPlaceDecode {
     }
   }
   template <int P>
-  static __device__ __forceinline__ uint32_t decode(uint32_t values, const uint32_t (&multiplier)[kRun],
-                                                    const uint32_t (&offset)[kRun]) {
+  static __device__ __forceinline__ uint32_t decode(const uint32_t (&values)[kValueRegs],
+                                                    const uint32_t (&multiplier)[kRun], const uint32_t (&offset)[kRun]) {
     constexpr int kPosition = BITS * (P % kRun), kShift = BITS * kRun * (P / kRun);
     constexpr uint32_t kMask = (core::value_mask(BITS) * 0x10001u) << kPosition;
-    const uint32_t h = and_or(kShift == 0 ? values : values >> kShift, kMask, Magic::kBits);
+    const uint32_t h = and_or(kShift == 0 ? values[0] : values[0] >> kShift, kMask, Magic::kBits);
     return magic_fma<T>(h, multiplier[P % kRun], offset[P % kRun]);
   }
 };
 
-// BPG: how groups fall on blocks. 1 or 2: every group is exactly that many blocks; 4: a group boundary never
-// falls inside an aligned run of 4 blocks (groups of a multiple of 4 blocks, or one group). Load batches are
-// 4 blocks starting at multiples of 4, so a group can change only at compile-time positions of a batch.
+// 3-bit weights in the checkpoint order (no fragment order exists for them): lane t takes rows 8t..8t+7 of each
+// block, 24 consecutive bits of the block's 96 (one funnel shift of the two words they touch), and pairs them as
+// (8t + 2p, 8t + 2p + 1) for p = 0..3, so its x fragment is 8 consecutive values (one 16-byte shared load). Values
+// 2p and 2p + 1 sit at bits 6p and 6p + 3 of the lane's 24 bits; a byte permute of v and v << 13 puts pairs 0 and 1
+// into the halves of one register (low values at 0 and 6, high values at 16 and 22), one of v >> 12 and v << 1
+// pairs 2 and 3, and then each pair is one mask and one HFMA2 as in InPlaceDecode (position 6 needs 9 mantissa
+// bits, which bf16 lacks: there odd pairs take one shift more).
+template <typename T>
+struct ThreeBitDecode {
+  using Magic = MagicPair<T>;
+  static constexpr int kValueRegs = 2;  // registers holding one column's 8 values after the permutes
+  static constexpr int kRun = 6 + 3 <= Magic::kMantissaBits ? 2 : 1;
+
+  static __device__ __forceinline__ void multipliers(uint32_t (&m)[kRun]) {
+#pragma unroll
+    for (int r = 0; r < kRun; ++r) {
+      const float f = 1.f / static_cast<float>(1 << (6 * r));
+      m[r] = MmaOps<T>::pack2(f, f);
+    }
+  }
+  static __device__ __forceinline__ void offsets(uint32_t h, uint32_t (&o)[kRun]) {
+    const uint32_t minus_one = MmaOps<T>::pack2(-1.f, -1.f);
+#pragma unroll
+    for (int r = 0; r < kRun; ++r) {
+      const float c = Magic::kValue - Magic::kValue / static_cast<float>(1 << (6 * r));
+      o[r] = magic_fma<T>(h, minus_one, MmaOps<T>::pack2(c, c));
+    }
+  }
+  // The lane's 24 bits v (bits above 23 are ignored) as the two registers decode takes.
+  static __device__ __forceinline__ void spread(uint32_t v, uint32_t (&out)[kValueRegs]) {
+    out[0] = __byte_perm(v, v << 13, 0x7610u);
+    out[1] = __byte_perm(v >> 12, v << 1, 0x7610u);
+  }
+  template <int P>
+  static __device__ __forceinline__ uint32_t decode(const uint32_t (&values)[kValueRegs],
+                                                    const uint32_t (&multiplier)[kRun], const uint32_t (&offset)[kRun]) {
+    constexpr int kPair = P % 2, kPosition = 6 * (kPair % kRun), kShift = 6 * (kPair / kRun);
+    constexpr uint32_t kMask = 0x00070007u << kPosition;
+    const uint32_t v = values[P / 2];
+    const uint32_t h = and_or(kShift == 0 ? v : v >> kShift, kMask, Magic::kBits);
+    return magic_fma<T>(h, multiplier[kPair % kRun], offset[kPair % kRun]);
+  }
+};
+
+// BPG (gemv_tc_group_class): how groups fall on blocks. 1 or 2: every group is exactly that many blocks;
+// gemv_tc_batch_blocks(BITS): a group boundary never falls inside a load batch (groups of a multiple of its
+// blocks, or one group). Batches start at multiples of their size, so a group can change only at compile-time
+// positions of a batch.
 // ROW_TILES: 8-row tiles of x (1 or 2).
 template <typename T, int BITS, int BPG, int ROW_TILES>
 __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES))
     gemv_tc_kernel(const FusedGemmParams p) {
-  using Decode = InPlaceDecode<T, BITS>;
+  using Decode = std::conditional_t<BITS == 3, ThreeBitDecode<T>, InPlaceDecode<T, BITS>>;
   constexpr int kRun = Decode::kRun;
-  constexpr int kInFlight = kGemvTcBatchBlocks;
+  constexpr int kInFlight = gemv_tc_batch_blocks(BITS);
   constexpr int kBatches = kGemvTcStageBlocks / kInFlight;
   static_assert(kBatches * kInFlight == kGemvTcStageBlocks && kBatches % 2 == 0,
                 "a stage must hold an even number of whole load batches");
   static_assert(BPG == 1 || BPG == 2 || BPG == kInFlight, "group changes must fall on fixed batch positions");
+  static_assert(kInFlight % BPG == 0, "a batch must hold whole groups or none");
   constexpr int kRows = ROW_TILES * kGemvTcTileRows;
-  constexpr int kStageElems = kRows * kGemvTcRowStride;
+  constexpr int kRowStride = gemv_tc_row_stride(BITS);
+  constexpr int kStageElems = kRows * kRowStride;
   constexpr int kChunksPerRow = kGemvTcStageBlocks * core::kBlockValues * 2 / 16;  // 16-byte pieces: 64
   constexpr int kCopies = kRows * kChunksPerRow / kGemvTcThreads;                   // per thread and stage: 4, 8
   static_assert(kCopies * kGemvTcThreads == kRows * kChunksPerRow, "x stage pieces must spread evenly");
-  __shared__ __align__(16) T xs[2 * kStageElems];  // x [buffer][kRows][512 + 8]; rows past M are zeros
+  __shared__ __align__(16) T xs[2 * kStageElems];  // x [buffer][kRows][kRowStride]; rows past M are zeros
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int fg = lane / 4, ft = lane % 4;  // fragment coordinates (MmaOps)
@@ -141,27 +195,28 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
       const int c = tid + i * kGemvTcThreads, r = c / kChunksPerRow, kc = c % kChunksPerRow;
       const int64_t k = static_cast<int64_t>(first) * core::kBlockValues + kc * 8;
       const bool valid = r < p.m && k < static_cast<int64_t>(kb_end) * core::kBlockValues;
-      cp_async_16(xs + buffer * kStageElems + r * kGemvTcRowStride + kc * 8, valid ? x + r * p.ldx + k : x, valid);
+      cp_async_16(xs + buffer * kStageElems + r * kRowStride + kc * 8, valid ? x + r * p.ldx + k : x, valid);
     }
     cp_async_commit();
   };
 
   // The fragment-order word of this lane's t (4-bit: word t; 2-bit: word t / 2, half t % 2) of every block for
-  // this lane's 4 columns: one 16-byte load per block, walked with a pointer. At 2 bits the lane keeps only its
-  // halves, two columns per register: bytes [low values of column 2i, of column 2i + 1, high values of 2i, of
-  // 2i + 1], so column 2i decodes from the register as it is and column 2i + 1 after a shift by 8.
-  constexpr int kRegsPerBlock = BITS == 2 ? 2 : 4;
+  // this lane's 4 columns: one 16-byte load per block, walked with a pointer; 3-bit (checkpoint order), the two
+  // words holding stream bits 24t..24t+23 (ThreeBitDecode): two 16-byte loads. Nothing touches the loaded words
+  // before their batch is decoded (an instruction using them would wait for memory right there).
+  constexpr int kRegsPerBlock = BITS == 3 ? 8 : 4;
   const int64_t block_stride = static_cast<int64_t>(BITS) * p.n;  // words from one block to the next
+  const int first_word = BITS == 4 ? ft : BITS == 2 ? ft / 2 : 3 * ft / 4;
+  const int64_t second_word = BITS == 3 ? static_cast<int64_t>(min(first_word + 1, 2) - first_word) * p.n : 0;
+  const int three_bit_shift = 24 * ft % 32;  // where the lane's 24 bits start in the first word
   const uint32_t* next_block =
-      p.qweight + static_cast<int64_t>(kb_begin) * block_stride + static_cast<int64_t>(BITS == 4 ? ft : ft / 2) * p.n + n0;
-  const uint32_t half_selector = ft % 2 ? 0x7362u : 0x5140u;
+      p.qweight + static_cast<int64_t>(kb_begin) * block_stride + static_cast<int64_t>(first_word) * p.n + n0;
   auto load_block = [&](uint32_t (&dst)[kRegsPerBlock]) {
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(next_block));
-    if constexpr (BITS == 2) {
-      dst[0] = __byte_perm(v.x, v.y, half_selector);
-      dst[1] = __byte_perm(v.z, v.w, half_selector);
-    } else {
-      dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+    dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+    if constexpr (BITS == 3) {
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(next_block + second_word));
+      dst[4] = u.x, dst[5] = u.y, dst[6] = u.z, dst[7] = u.w;
     }
     next_block += block_stride;
   };
@@ -177,10 +232,17 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
       }
     }
   };
-  // Lane t's values of column c of a block, pair p at bits BITS p and 16 + BITS p (other bits are masked off).
-  auto column_values = [](const uint32_t (&w)[kRegsPerBlock], int c) -> uint32_t {
-    if constexpr (BITS == 2) return c % 2 ? w[c / 2] >> 8 : w[c / 2];
-    return w[c];
+  // Lane t's values of column c of a block as Decode takes them. 2 and 4 bits: pair p at bits BITS p and
+  // 16 + BITS p (other bits are masked off); at 2 bits half t % 2 of the word, spread to bytes 0 and 2.
+  const uint32_t half_selector = ft % 2 ? 0x4342u : 0x4140u;
+  auto column_values = [&](const uint32_t (&w)[kRegsPerBlock], int c, uint32_t (&out)[Decode::kValueRegs]) {
+    if constexpr (BITS == 3) {
+      Decode::spread(__funnelshift_r(w[c], w[4 + c], static_cast<unsigned>(three_bit_shift)), out);
+    } else if constexpr (BITS == 2) {
+      out[0] = __byte_perm(w[c], 0u, half_selector);
+    } else {
+      out[0] = w[c];
+    }
   };
 
   uint32_t multipliers[kRun];
@@ -213,30 +275,49 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
     }
   };
   auto start_group = [&](const RawGroup& raw) {
-    // The lane's 4 zero points (stored minus one) at bits BITS c of both halves.
-    const uint32_t zeros = (raw.zeros + core::ones_per_field(BITS)) >> (BITS * (n0 % (32 / BITS)));
-    const uint32_t both_halves = __byte_perm(zeros, 0u, BITS == 4 ? 0x1010u : 0x4040u);
+    uint32_t h[4];  // magic + zero point of each column, in both halves
+    if constexpr (BITS == 3) {
+      const int shift = GroupStream<BITS>::zero_shift(n0);
+      const uint32_t fields = __funnelshift_r(raw.zeros, raw.zeros_next, static_cast<unsigned>(shift));
+#pragma unroll
+      for (int c = 0; c < 4; ++c) h[c] = (((fields >> (3 * c)) + 1u) & 7u) * 0x10001u | MagicPair<T>::kBits;
+    } else {
+      // The lane's 4 zero points (stored minus one) at bits BITS c of both halves.
+      const uint32_t zeros = (raw.zeros + core::ones_per_field(BITS)) >> GroupStream<BITS>::zero_shift(n0);
+      const uint32_t both_halves = __byte_perm(zeros, 0u, BITS == 4 ? 0x1010u : 0x4040u);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        h[c] = and_or(both_halves >> (BITS * c), core::value_mask(BITS) * 0x10001u, MagicPair<T>::kBits);
+      }
+    }
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       scale[c] = raw_scale(raw.scales, c, p.scale_type);
-      const uint32_t h = and_or(both_halves >> (BITS * c), core::value_mask(BITS) * 0x10001u, MagicPair<T>::kBits);
-      Decode::offsets(h, offset[c]);
+      Decode::offsets(h[c], offset[c]);
     }
   };
 
   // Block `slot` of the stage in `buffer`, with its words w, into acc.
   auto multiply_block = [&](const uint32_t (&w)[kRegsPerBlock], int buffer, int slot) {
-    // B fragments of both 16-row steps per row tile r: x rows 8r..8r+7 of K columns 8i..8i+7 of the block from
-    // lanes 8i..8i+7.
+    // B fragments of both 16-row steps per row tile r, for batch row 8r + g: pair p of the lane's rows of the block
+    // in xb[r][p]. Fragment order (rows 8p + 2t..): ldmatrix of x rows 8r..8r+7 and K columns 8p..8p+7 of the
+    // block, row addresses from lanes 8p..8p+7. 3-bit (rows 8t + 2p..): the lane's 8 consecutive values.
     uint32_t xb[ROW_TILES][4];
 #pragma unroll
     for (int r = 0; r < ROW_TILES; ++r) {
-      ldmatrix_x4(xb[r], xs + buffer * kStageElems + (r * kGemvTcTileRows + lane % 8) * kGemvTcRowStride +
-                             slot * core::kBlockValues + (lane / 8) * 8);
+      if constexpr (BITS == 3) {
+        const uint4 v = *reinterpret_cast<const uint4*>(xs + buffer * kStageElems +
+                                                        (r * kGemvTcTileRows + fg) * kRowStride +
+                                                        slot * core::kBlockValues + 8 * ft);
+        xb[r][0] = v.x, xb[r][1] = v.y, xb[r][2] = v.z, xb[r][3] = v.w;
+      } else {
+        ldmatrix_x4(xb[r], xs + buffer * kStageElems + (r * kGemvTcTileRows + lane % 8) * kRowStride +
+                               slot * core::kBlockValues + (lane / 8) * 8);
+      }
     }
-    uint32_t values[4];
+    uint32_t values[4][Decode::kValueRegs];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) values[c] = column_values(w, c);
+    for (int c = 0; c < 4; ++c) column_values(w, c, values[c]);
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       // A tile j: rows g and g + 8 are columns 4g + 2j and 4g + 2j + 1; pairs 2s and 2s + 1 are step s's
@@ -337,10 +418,11 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
 
 template <typename T, int BITS, int ROW_TILES>
 void launch_gemv_tc_rows(const FusedGemmParams& p, dim3 grid, cudaStream_t stream) {
-  switch (gemv_tc_group_class(p.group_size, p.k)) {
+  constexpr int kBatch = gemv_tc_batch_blocks(BITS);
+  switch (gemv_tc_group_class(p.group_size, p.k, BITS)) {
     case 1: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, 1, ROW_TILES>)(p); break;
     case 2: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, 2, ROW_TILES>)(p); break;
-    default: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, kGemvTcBatchBlocks, ROW_TILES>)(p);
+    default: GPTQ_LAUNCH(grid, kGemvTcThreads, 0, stream, gemv_tc_kernel<T, BITS, kBatch, ROW_TILES>)(p);
   }
 }
 
