@@ -60,6 +60,7 @@ run() {
   bundle
 }
 
+rm -f "$RESULTS/phases.log"  # this run's phases only (the other logs are rewritten phase by phase)
 phase "start: $(git rev-parse --short HEAD 2>/dev/null || echo no-git) on $(hostname)"
 nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1 || true
 # PREBUILT=1: keep an extension already in gptq_kernels/ (built elsewhere against the same torch and Python, see
