@@ -6,8 +6,8 @@
 // Why: at batch 1 the GEMV kernel spends about three instructions per weight value (mask, subtract the magic
 // number, FFMA), more than an H100/H200 can issue while its memory delivers 2- or 3-bit weights. Here the
 // products run on the tensor cores and the decode handles two values per instruction pair: one LOP3 (mask into
-// the mantissas of two magic numbers) and one HFMA2 (q - zero, exactly), about 1.5 instructions per value with
-// the loads and mma, about 2 at 3 bits (benchmarks/NOTES_cuda.md has the counts, benchmarks/sass_counts.py
+// the mantissas of two magic numbers) and one HFMA2 (q - zero, exactly), about 1.6-1.8 instructions per value with
+// the loads and mma, about 2.2 at 3 bits (benchmarks/NOTES_cuda.md has the counts, benchmarks/sass_counts.py
 // makes them).
 //
 // The product is computed transposed, y^T = W x^T, so that no mma row is wasted on a small batch: the weights are
