@@ -2,8 +2,8 @@
 // workspace tensors, and the general path. Which path a call takes, with which grid and K split, is decided by
 // plan_gemm (gemm_plan.cuh) from shapes, dtypes and alignment only:
 //  * fp16/bf16 x with at most 8 rows: the fused GEMV kernel (gemv_kernel.cuh), which streams the packed weight
-//    once and never forms the dequantized matrix. For 2- and 4-bit weights in fragment order without g_idx and
-//    with groups of 32, 64 or a multiple of 128 rows, up to 16 rows take the tensor-core GEMV
+//    once and never forms the dequantized matrix. For 2- and 4-bit weights in fragment order or 3-bit weights
+//    without g_idx and with groups of 32, 64 or a multiple of 128 rows, up to 16 rows take the tensor-core GEMV
 //    (gemv_tc_kernel.cuh) instead, which decodes two values per instruction pair and multiplies on the tensor
 //    cores (sm_80 and later; GPTQ_KERNELS_GEMV_TC=0 turns it off);
 //  * fp16/bf16 x with up to 256 rows: the tensor-core kernel (gemm_mma_kernel.cuh), which decodes packed tiles

@@ -50,6 +50,14 @@ void launch_gemv_bits(int bits, const FusedGemmParams& p, ActType type, int rows
   }
 }
 
+void launch_gemv_tc_bits(int bits, const FusedGemmParams& p, ActType type, dim3 grid, cudaStream_t stream) {
+  switch (bits) {
+    case 2: launch_gemv_tc<2>(p, type, grid, stream); break;
+    case 3: launch_gemv_tc<3>(p, type, grid, stream); break;
+    default: launch_gemv_tc<4>(p, type, grid, stream);
+  }
+}
+
 cudaError_t launch_mma_bits(int bits, const FusedGemmParams& p, ActType type, int mt, dim3 grid, cudaStream_t stream) {
   switch (bits) {
     case 2: return launch_mma<2>(p, type, mt, grid, stream);
@@ -106,11 +114,7 @@ cudaError_t launch_fused_gemm(const GemmPlan& plan, int bits, const FusedGemmPar
   if (plan.path == GemmPath::kGemv) {
     launch_gemv_bits(bits, p, type, plan.rows_per_cta, plan.grid, stream);
   } else if (plan.path == GemmPath::kGemvTensorCore) {
-    switch (bits) {
-      case 2: launch_gemv_tc<2>(p, type, plan.grid, stream); break;
-      case 3: launch_gemv_tc<3>(p, type, plan.grid, stream); break;
-      default: launch_gemv_tc<4>(p, type, plan.grid, stream);
-    }
+    launch_gemv_tc_bits(bits, p, type, plan.grid, stream);
   } else {
     const cudaError_t error = launch_mma_bits(bits, p, type, plan.mma_tiles, plan.grid, stream);
     if (error != cudaSuccess) return error;

@@ -18,7 +18,7 @@ constexpr int64_t kAutoMmaMinRows = 0;
 
 enum class GemmPath {
   kGemv,                // up to 8 rows (32 without the tensor-core kernel): gemv_kernel.cuh
-  kGemvTensorCore,      // up to 16 rows, 2- and 4-bit weights in fragment order, no g_idx: gemv_tc_kernel.cuh
+  kGemvTensorCore,      // up to 16 rows, 2/4-bit in fragment order or 3-bit, no g_idx: gemv_tc_kernel.cuh
   kMma,                 // up to 256 rows: the tensor-core kernel, gemm_mma_kernel.cuh
   kDequantizeThenGemm,  // everything else: W^T dequantized to x's dtype, then one cuBLAS GEMM (gemm.cu)
 };

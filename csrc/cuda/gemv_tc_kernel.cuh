@@ -67,43 +67,65 @@ __device__ __forceinline__ float raw_scale(const uint4& s, int c, FloatType type
   return __half2float(__ushort_as_half(static_cast<unsigned short>(bits16)));
 }
 
-// The decode of FragmentOrderDecode (mma_ops.cuh) with an offset pair per position instead of per parity: lane
-// t's values of one column and block sit in a register with pair p's low value at bit BITS p of the low half and
-// its high value at the same bit of the high half. Runs of kRun pairs decode in place: pair p is masked at
-// position BITS (p % kRun) after a shift by BITS kRun (p / kRun) (none at all for 2-bit fp16), and one HFMA2 with
-// multiplier 2^-position and that position's offset pair leaves q - zero exactly. A value at position s needs
-// s + BITS mantissa bits, hence kRun.
-template <typename T, int BITS>
-struct InPlaceDecode {
+// Pairs of BITS-bit values at positions STEP r (r < RUN) of both halves of a register, decoded in place: one mask
+// puts pair r into the mantissas of two magic numbers (magic + q 2^position), and one HFMA2 with multiplier
+// 2^-position and that position's offset pair -(magic 2^-position + zero) leaves q - zero exactly. A value at
+// position s needs s + BITS mantissa bits, which bounds RUN.
+template <typename T, int BITS, int STEP, int RUN>
+struct PositionedPairs {
   using Magic = MagicPair<T>;
-  static constexpr int kValueRegs = 1;
-  static constexpr int kRun = Magic::kMantissaBits / BITS < 4 ? Magic::kMantissaBits / BITS : 4;
+  static constexpr int kRun = RUN;
+  static_assert(STEP * (RUN - 1) + BITS <= Magic::kMantissaBits, "a value must fit the magic mantissa");
 
   // Multipliers (2^-position in both halves), built once.
-  static __device__ __forceinline__ void multipliers(uint32_t (&m)[kRun]) {
+  static __device__ __forceinline__ void multipliers(uint32_t (&m)[RUN]) {
 #pragma unroll
-    for (int r = 0; r < kRun; ++r) {
-      const float f = 1.f / static_cast<float>(1 << (BITS * r));
+    for (int r = 0; r < RUN; ++r) {
+      const float f = 1.f / static_cast<float>(1 << (STEP * r));
       m[r] = MmaOps<T>::pack2(f, f);
     }
   }
   // Offset pairs -(magic 2^-position + z), exact in T, for a zero point z given as h = magic + z in both halves
   // (z ORed into the mantissas): -h + (magic - magic 2^-position), one HFMA2 each.
-  static __device__ __forceinline__ void offsets(uint32_t h, uint32_t (&o)[kRun]) {
+  static __device__ __forceinline__ void offsets(uint32_t h, uint32_t (&o)[RUN]) {
     const uint32_t minus_one = MmaOps<T>::pack2(-1.f, -1.f);
 #pragma unroll
-    for (int r = 0; r < kRun; ++r) {
-      const float c = Magic::kValue - Magic::kValue / static_cast<float>(1 << (BITS * r));
+    for (int r = 0; r < RUN; ++r) {
+      const float c = Magic::kValue - Magic::kValue / static_cast<float>(1 << (STEP * r));
       o[r] = magic_fma<T>(h, minus_one, MmaOps<T>::pack2(c, c));
     }
   }
+  // q - zero of the pair at position STEP R of `values` shifted down by SHIFT bits.
+  template <int R, int SHIFT>
+  static __device__ __forceinline__ uint32_t decode_at(uint32_t values, const uint32_t (&multiplier)[RUN],
+                                                       const uint32_t (&offset)[RUN]) {
+    constexpr uint32_t kMask = (core::value_mask(BITS) * 0x10001u) << (STEP * R);
+    const uint32_t h = and_or(SHIFT == 0 ? values : values >> SHIFT, kMask, Magic::kBits);
+    return magic_fma<T>(h, multiplier[R], offset[R]);
+  }
+};
+
+// Pairs that fit in place before a shift: at most 4 (a lane's 4 pairs), and positions that fit the mantissa.
+template <typename T>
+constexpr int pairs_in_place(int bits, int step) {
+  const int fit = (MagicPair<T>::kMantissaBits - bits) / step + 1;
+  return fit < 4 ? fit : 4;
+}
+
+// The decode of FragmentOrderDecode (mma_ops.cuh) with an offset pair per position instead of per parity: lane
+// t's values of one column and block sit in a register with pair p's low value at bit BITS p of the low half and
+// its high value at the same bit of the high half. Runs of kRun pairs decode in place: pair p at position
+// BITS (p % kRun) after a shift by BITS kRun (p / kRun) (none at all for 2-bit fp16).
+template <typename T, int BITS>
+struct InPlaceDecode : PositionedPairs<T, BITS, BITS, pairs_in_place<T>(BITS, BITS)> {
+  using Base = PositionedPairs<T, BITS, BITS, pairs_in_place<T>(BITS, BITS)>;
+  using Base::kRun;
+  static constexpr int kValueRegs = 1;
+
   template <int P>
   static __device__ __forceinline__ uint32_t decode(const uint32_t (&values)[kValueRegs],
                                                     const uint32_t (&multiplier)[kRun], const uint32_t (&offset)[kRun]) {
-    constexpr int kPosition = BITS * (P % kRun), kShift = BITS * kRun * (P / kRun);
-    constexpr uint32_t kMask = (core::value_mask(BITS) * 0x10001u) << kPosition;
-    const uint32_t h = and_or(kShift == 0 ? values[0] : values[0] >> kShift, kMask, Magic::kBits);
-    return magic_fma<T>(h, multiplier[P % kRun], offset[P % kRun]);
+    return Base::template decode_at<P % kRun, BITS * kRun * (P / kRun)>(values[0], multiplier, offset);
   }
 };
 
@@ -112,29 +134,14 @@ struct InPlaceDecode {
 // (8t + 2p, 8t + 2p + 1) for p = 0..3, so its x fragment is 8 consecutive values (one 16-byte shared load). Values
 // 2p and 2p + 1 sit at bits 6p and 6p + 3 of the lane's 24 bits; a byte permute of v and v << 13 puts pairs 0 and 1
 // into the halves of one register (low values at 0 and 6, high values at 16 and 22), one of v >> 12 and v << 1
-// pairs 2 and 3, and then each pair is one mask and one HFMA2 as in InPlaceDecode (position 6 needs 9 mantissa
-// bits, which bf16 lacks: there odd pairs take one shift more).
+// pairs 2 and 3, and then each pair is one mask and one HFMA2 (position 6 needs 9 mantissa bits, which bf16 lacks:
+// there odd pairs take one shift more).
 template <typename T>
-struct ThreeBitDecode {
-  using Magic = MagicPair<T>;
+struct ThreeBitDecode : PositionedPairs<T, 3, 6, pairs_in_place<T>(3, 6) < 2 ? pairs_in_place<T>(3, 6) : 2> {
+  using Base = PositionedPairs<T, 3, 6, pairs_in_place<T>(3, 6) < 2 ? pairs_in_place<T>(3, 6) : 2>;
+  using Base::kRun;
   static constexpr int kValueRegs = 2;  // registers holding one column's 8 values after the permutes
-  static constexpr int kRun = 6 + 3 <= Magic::kMantissaBits ? 2 : 1;
 
-  static __device__ __forceinline__ void multipliers(uint32_t (&m)[kRun]) {
-#pragma unroll
-    for (int r = 0; r < kRun; ++r) {
-      const float f = 1.f / static_cast<float>(1 << (6 * r));
-      m[r] = MmaOps<T>::pack2(f, f);
-    }
-  }
-  static __device__ __forceinline__ void offsets(uint32_t h, uint32_t (&o)[kRun]) {
-    const uint32_t minus_one = MmaOps<T>::pack2(-1.f, -1.f);
-#pragma unroll
-    for (int r = 0; r < kRun; ++r) {
-      const float c = Magic::kValue - Magic::kValue / static_cast<float>(1 << (6 * r));
-      o[r] = magic_fma<T>(h, minus_one, MmaOps<T>::pack2(c, c));
-    }
-  }
   // The lane's 24 bits v (bits above 23 are ignored) as the two registers decode takes.
   static __device__ __forceinline__ void spread(uint32_t v, uint32_t (&out)[kValueRegs]) {
     out[0] = __byte_perm(v, v << 13, 0x7610u);
@@ -143,11 +150,8 @@ struct ThreeBitDecode {
   template <int P>
   static __device__ __forceinline__ uint32_t decode(const uint32_t (&values)[kValueRegs],
                                                     const uint32_t (&multiplier)[kRun], const uint32_t (&offset)[kRun]) {
-    constexpr int kPair = P % 2, kPosition = 6 * (kPair % kRun), kShift = 6 * (kPair / kRun);
-    constexpr uint32_t kMask = 0x00070007u << kPosition;
-    const uint32_t v = values[P / 2];
-    const uint32_t h = and_or(kShift == 0 ? v : v >> kShift, kMask, Magic::kBits);
-    return magic_fma<T>(h, multiplier[kPair % kRun], offset[kPair % kRun]);
+    constexpr int kPair = P % 2;  // which of the register's two pairs
+    return Base::template decode_at<kPair % kRun, 6 * (kPair / kRun)>(values[P / 2], multiplier, offset);
   }
 };
 
