@@ -52,7 +52,7 @@ BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
 ROTATE_BYTES = 128 << 20  # weight copies per contender fill at least this much: 2.5x the 50 MB L2 of H100/H200
 MIN_CALLS = 8             # calls per captured graph, so graph launch cost is spread thin
 DEQUANT_CONTENDER_MIN_BATCH = 64  # from here on the dequantize + cuBLAS path is timed too (4-bit)
-GEMV_TC_MAX_BATCH = 16  # up to here 2- and 4-bit weights in fragment order take the tensor-core GEMV
+GEMV_TC_MAX_BATCH = 16  # up to here what QuantLinear runs without g_idx takes the tensor-core GEMV
 
 
 def copies_for(nbytes: int) -> int:
@@ -183,6 +183,8 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
         int4mm_weights(k, n, group_size, copies_for(int4_bytes))
     if int4_error:
         log(f"  (torch int4 kernel skipped: {int4_error})")
+    # The sequential g_idx of the "gptq 3-bit g_idx" contender.
+    g_idx3 = torch.arange(k, device="cuda", dtype=torch.int32) // (k if group_size == -1 else group_size)
     results = []
     for batch in batches:
         if time.time() > deadline:
@@ -220,7 +222,6 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
             # 3-bit weights have no other order: passing their (sequential) g_idx, which the tensor-core GEMV does
             # not take, runs the GEMV kernel (1-8 rows) or the tensor-core kernel (9-16) on the same weights.
             name, layers = "gptq 3-bit g_idx", ours[3]
-            g_idx3 = torch.arange(k, device="cuda", dtype=torch.int32) // (k if group_size == -1 else group_size)
             contenders[name] = (lambda i, layers=layers: ops.gemm(
                 xs[i % len(xs)], *layers[i % len(layers)], g_idx3, None, 3, group_size), max(MIN_CALLS, len(layers)))
             nbytes[name] = gptq_bytes(k, n, 3, group_size)
