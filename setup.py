@@ -4,7 +4,9 @@ The extension holds CPU kernels always, and CUDA kernels when torch is a CUDA bu
 (nvcc) is found; no GPU is needed to compile them. Environment switches:
 
   GPTQ_KERNELS_CPU_ONLY=1   build the CPU kernels only, even where CUDA could be built
-  TORCH_CUDA_ARCH_LIST      GPU architectures to compile for (default "8.0;8.6;8.9;9.0")
+  TORCH_CUDA_ARCH_LIST      GPU architectures to compile for (default "8.0;8.6;8.9;9.0"); 9.0 is built as
+                            9.0a, the H100/H200 target whose wgmma the Hopper kernel needs (9.0+PTX stays as
+                            given, without that kernel)
   MAX_JOBS                  parallel compile jobs (ninja)
 """
 import glob
@@ -33,6 +35,20 @@ def cuda_build_reason():
     return None
 
 
+def hopper_arch_list(arch_list):
+    """TORCH_CUDA_ARCH_LIST with compute capability 9.0 built as sm_90a, and whether the Hopper kernel is in the
+    build: sm_90a code runs on 9.0 devices only (so does sm_90 code, which it replaces), and it is the only target
+    with wgmma. When sm_90 code or PTX is built as well, the driver might load that instead, so the kernel is
+    left out (gemm_wgmma.cuh: kWgmmaBuilt)."""
+    archs = []
+    for arch in arch_list.replace(" ", ";").split(";"):
+        arch = "9.0a" if arch == "9.0" else arch
+        if arch and arch not in archs:
+            archs.append(arch)
+    hopper = "9.0a" in archs and not any(a.startswith("9.0") and a != "9.0a" for a in archs)
+    return ";".join(archs), hopper
+
+
 def sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
 
@@ -51,10 +67,10 @@ def build_extension():
     reason = cuda_build_reason()
     cuda_sources = sources("csrc/cuda/*.cu")
     if reason is None and cuda_sources:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
-        print(f"gptq_kernels: building CPU and CUDA kernels for TORCH_CUDA_ARCH_LIST="
-              f"{os.environ['TORCH_CUDA_ARCH_LIST']}")
-        nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        archs, hopper = hopper_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS))
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        print(f"gptq_kernels: building CPU and CUDA kernels for TORCH_CUDA_ARCH_LIST={archs}")
+        nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"] + (["-DGPTQ_KERNELS_SM90A"] if hopper else [])
         return cpp_extension.CUDAExtension(
             "gptq_kernels._C",
             cpu_sources + cuda_sources,

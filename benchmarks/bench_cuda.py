@@ -10,7 +10,9 @@ the weights and of x, and the copies together exceed the L2 cache (50 MB on H100
 measured device-to-device copy bandwidth. "gptq N-bit" is what QuantLinear runs (2- and 4-bit weights in fragment
 order, 3-bit in the checkpoint order: the tensor-core GEMV up to 16 rows); "ckpt order" the same 2- and 4-bit
 weights in checkpoint order and "3-bit g_idx" the 3-bit layer with its g_idx passed, which take the GEMV kernel on
-the CUDA cores up to 8 rows and the tensor-core kernel from 9: the kernels side by side.
+the CUDA cores up to 8 rows and the tensor-core kernel from 9: the kernels side by side. On an H100/H200, "N-bit
+wgmma" is the Hopper kernel (GPTQ_KERNELS_WGMMA=1) on the weights of "gptq N-bit", from 17 rows; "4-bit
+dequant+mm" what gemm does past 256 rows (dequantize, then cuBLAS).
 
     python benchmarks/bench_cuda.py                                   # everything (a few minutes on an H100)
     python benchmarks/bench_cuda.py --shapes 8192x8192 --batches 1,16 --bits 4
@@ -53,6 +55,21 @@ ROTATE_BYTES = 128 << 20  # weight copies per contender fill at least this much:
 MIN_CALLS = 8             # calls per captured graph, so graph launch cost is spread thin
 DEQUANT_CONTENDER_MIN_BATCH = 64  # from here on the dequantize + cuBLAS path is timed too (4-bit)
 GEMV_TC_MAX_BATCH = 16  # up to here what QuantLinear runs without g_idx takes the tensor-core GEMV
+WGMMA_MIN_BATCH = 17  # from here the Hopper kernel takes 2- and 4-bit weights in fragment order when asked for
+
+
+def with_env(name: str, value: str, fn):
+    """fn() with environment variable `name` set to `value` meanwhile (gemm reads GPTQ_KERNELS_WGMMA at every call,
+    and a captured CUDA graph keeps the path it was captured with)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def copies_for(nbytes: int) -> int:
@@ -185,6 +202,7 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
         log(f"  (torch int4 kernel skipped: {int4_error})")
     # The sequential g_idx of the "gptq 3-bit g_idx" contender.
     g_idx3 = torch.arange(k, device="cuda", dtype=torch.int32) // (k if group_size == -1 else group_size)
+    hopper = torch.cuda.get_device_capability() == (9, 0)  # the wgmma contenders (sm_90a code runs on 9.0 only)
     results = []
     for batch in batches:
         if time.time() > deadline:
@@ -225,6 +243,16 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
             contenders[name] = (lambda i, layers=layers: ops.gemm(
                 xs[i % len(xs)], *layers[i % len(layers)], g_idx3, None, 3, group_size), max(MIN_CALLS, len(layers)))
             nbytes[name] = gptq_bytes(k, n, 3, group_size)
+        if hopper and batch >= WGMMA_MIN_BATCH:
+            # The Hopper kernel (wgmma) on the same weights as "gptq N-bit", not yet what gemm picks by itself.
+            for bits in (2, 4):
+                if bits in ours:
+                    name, layers = f"gptq {bits}-bit wgmma", ours[bits]
+                    contenders[name] = (lambda i, layers=layers, bits=bits: with_env(
+                        "GPTQ_KERNELS_WGMMA", "1", lambda: ops.gemm_fragment_ordered(
+                            xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size)),
+                        max(MIN_CALLS, len(layers)))
+                    nbytes[name] = gptq_bytes(k, n, bits, group_size)
         if 4 in ours and batch >= DEQUANT_CONTENDER_MIN_BATCH:
             # What gemm does past the tensor-core kernel's range (dequantize, then cuBLAS), timed next to it:
             # where the two cross is where gemm_fused.cu's kMmaMaxRows belongs.
@@ -260,11 +288,13 @@ def print_summary(results, copy_gbps, log):
     the copy bandwidth (the acceptance criteria of issue #4 read straight off this table)."""
     kernels = [k for k in ("torch int4 (bf16)", "gptq 2-bit", "gptq 3-bit", "gptq 4-bit", "gptq 8-bit",
                            "gptq 2-bit ckpt order", "gptq 3-bit g_idx", "gptq 4-bit ckpt order",
-                           "gptq 4-bit dequant+mm", "bcq 2-plane", "bcq 3-plane")
+                           "gptq 2-bit wgmma", "gptq 4-bit wgmma", "gptq 4-bit dequant+mm", "bcq 2-plane",
+                           "bcq 3-plane")
                if any(r["kernel"] == k for r in results)]
     short = {"torch int4 (bf16)": "int4", "gptq 2-bit": "2b", "gptq 3-bit": "3b", "gptq 4-bit": "4b", "gptq 8-bit": "8b",
              "gptq 2-bit ckpt order": "2b-ckpt", "gptq 3-bit g_idx": "3b-gidx", "gptq 4-bit ckpt order": "4b-ckpt",
-             "gptq 4-bit dequant+mm": "4b-dq", "bcq 2-plane": "bcq2", "bcq 3-plane": "bcq3"}
+             "gptq 2-bit wgmma": "2b-wg", "gptq 4-bit wgmma": "4b-wg", "gptq 4-bit dequant+mm": "4b-dq",
+             "bcq 2-plane": "bcq2", "bcq 3-plane": "bcq3"}
     log("\nsummary: speedup vs cuBLAS fp16 (fp16 column in us); 4b %copy = 4-bit weight GB/s / copy GB/s")
     log(f"{'shape':>12} {'batch':>5} {'fp16 us':>9}" + "".join(f"{short[k]:>8}" for k in kernels) + f"{'4b %copy':>10}")
     by_key = {}

@@ -7,7 +7,8 @@ kernel (16, 32 and 64 rows per CTA, two row tiles), each with and without split-
 per-row group path of unsorted act-order g_idx and a bias, and the dequantize + cuBLAS path; for 2 and 4 bits
 the same with the weight in fragment order (gemm_fragment_ordered, to_fragment_order), and without g_idx up to 16
 rows (the tensor-core GEMV: 2 and 4 bits in fragment order, 3 bits in the checkpoint order; one and two row
-tiles, groups of 128 and 32 rows, N = 160: a partial column tile).
+tiles, groups of 128 and 32 rows, N = 160: a partial column tile) and, on an H100/H200, from 17 rows with
+GPTQ_KERNELS_WGMMA=1 (the Hopper kernel: 64- and 128-row tiles, with and without split-K).
 Also checks the results
 loosely, so a run that computes garbage fails too.
 The BCQ ops too: bcq_dequantize (1 to 3 planes, groups inside and on 32-input blocks) and bcq_gemm's
@@ -71,6 +72,7 @@ def bcq():
 
 def main():
     torch.manual_seed(0)
+    hopper = torch.cuda.get_device_capability() == (9, 0)
     for bits in (2, 3, 4, 8):
         values = torch.randint(0, 1 << bits, (64, 96), dtype=torch.int32, device="cuda")
         assert torch.equal(ops.unpack(ops.pack(values, bits), bits), values)
@@ -96,6 +98,11 @@ def main():
                         gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
                         weight = fragment if ops.has_fragment_order(bits) else w[0]
                         check(gemm(x, weight, w[1], w[2], None, bias, bits, group_size), x, w_t, bias)
+                    if rows > 16 and not act_order and ops.has_fragment_order(bits) and hopper:
+                        os.environ["GPTQ_KERNELS_WGMMA"] = "1"  # read at every call
+                        check(ops.gemm_fragment_ordered(x, fragment, w[1], w[2], None, bias, bits, group_size),
+                              x, w_t, bias)
+                        del os.environ["GPTQ_KERNELS_WGMMA"]
         print(f"sanitize_cuda: {bits}-bit done", flush=True)
     x = torch.randn(3, 576, device="cuda")
     w = layer(576, 96, 4, 128)

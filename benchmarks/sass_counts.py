@@ -10,6 +10,7 @@ change sits):
 
     python benchmarks/sass_counts.py csrc/cuda/gemv_tc_2bit.cu --between HMMA --per-block 4 --kernel half
     python benchmarks/sass_counts.py csrc/cuda/gemv_tc_3bit.cu --between HMMA --per-block 4 --block 2
+    python benchmarks/sass_counts.py csrc/cuda/gemm_wgmma_4bit.cu --arch sm_90a --between HGMMA --per-block 4
 
 These are static counts along straight-line code, not measurements: which branches run, and how fast, only a
 GPU can tell.
@@ -66,7 +67,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for source in args.sources:
             cubin = os.path.join(tmp, os.path.basename(source) + ".cubin")
-            built = subprocess.run([nvcc, "-cubin", "-o", cubin, f"-arch={args.arch}", "-O3", "-std=c++17",
+            # sm_90a (the Hopper kernel's wgmma) as setup.py builds it: the -gencode form, and the define that says so.
+            number = args.arch.removeprefix("sm_")
+            target = [f"-gencode=arch=compute_{number},code=sm_{number}", "-DGPTQ_KERNELS_SM90A"] \
+                if number.endswith("a") else [f"-arch={args.arch}"]
+            built = subprocess.run([nvcc, "-cubin", "-o", cubin, *target, "-O3", "-std=c++17",
                                     "--expt-relaxed-constexpr", "-I", os.path.join(ROOT, "csrc"), source,
                                     "-Xptxas", "-v"], capture_output=True, text=True)
             if built.returncode != 0:

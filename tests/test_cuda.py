@@ -286,6 +286,48 @@ def test_gemm_small_batches_without_g_idx(bits, dtype):
         assert_close_to_reference(run(x, big, None, 128), x, big_w_t)
 
 
+def _kernels_run(fn):
+    """Names of the CUDA kernels fn launches (torch's profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {event.key for event in prof.key_averages()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the Hopper kernel (wgmma, sm_90a) runs on H100/H200 only")
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_gemm_hopper_kernel(bits, dtype, monkeypatch):
+    # GPTQ_KERNELS_WGMMA=1 (read at every call) sends 2- and 4-bit weights in fragment order without g_idx to the
+    # Hopper kernel from 17 rows (gemm_wgmma_kernel.cuh): 64-row tiles up to 64 rows, 128-row tiles above, rows
+    # past M in the last tile; every group size it takes and scale dtype, a bias, N = 160 (a CTA whose last warps lie
+    # past N), K = 1088 (17 blocks: the last stage's second block past K), rows of x 8 elements apart; and a 70B
+    # down projection whose K is split over CTAs. The profiler checks the kernel really ran.
+    monkeypatch.setenv("GPTQ_KERNELS_WGMMA", "1")
+
+    def run(x, tensors, bias, group_size):
+        return ops.gemm_fragment_ordered(x, ops.to_fragment_order(tensors["qweight"], bits), tensors["qzeros"],
+                                         tensors["scales"], None, bias, bits, group_size)
+
+    k, n = 1088, 160
+    for group_size, scale_dtype in ((32, dtype), (64, torch.float32), (128, torch.float16), (-1, torch.bfloat16)):
+        tensors, w_t, _, _ = cuda_layer(k, n, bits, group_size, scale_dtype=scale_dtype)
+        for rows in (17, 64, 65, 200, 1024):
+            storage = torch.randn(rows, k + 8, device="cuda").to(dtype)
+            x = storage[:, :k]
+            bias = torch.randn(n, device="cuda").to(dtype) if rows % 2 else None
+            poison_allocator()
+            assert_close_to_reference(run(x, tensors, bias, group_size), x, w_t, bias)
+    x = torch.randn(300, k, device="cuda", dtype=dtype)
+    assert any("gemm_wgmma_kernel" in name for name in _kernels_run(lambda: run(x, tensors, None, -1)))
+    big, big_w_t = big_layer(28672, 1024, bits, 128)
+    for rows in (17, 256):
+        x = torch.randn(rows, 28672, device="cuda", dtype=dtype)
+        poison_allocator()
+        assert_close_to_reference(run(x, big, None, 128), x, big_w_t)
+
+
 # ------------------------------------------------------------------------------------------ QuantLinear
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_quant_linear_on_cuda_keeps_fragment_order_internal(bits):

@@ -6,6 +6,9 @@
 //    without g_idx and with groups of 32, 64 or a multiple of 128 rows, up to 16 rows take the tensor-core GEMV
 //    (gemv_tc_kernel.cuh) instead, which decodes two values per instruction pair and multiplies on the tensor
 //    cores (sm_80 and later; GPTQ_KERNELS_GEMV_TC=0 turns it off);
+//  * with GPTQ_KERNELS_WGMMA=1 on an H100/H200 (an sm_90a build): from 17 rows of fp16/bf16 x, 2- and 4-bit weights
+//    in fragment order without g_idx take the Hopper kernel (gemm_wgmma_kernel.cuh), wgmma with the decoded
+//    weights as the register operand; not yet the default, as no GPU has measured it;
 //  * fp16/bf16 x with up to 256 rows: the tensor-core kernel (gemm_mma_kernel.cuh), which decodes packed tiles
 //    from shared memory into its B fragments and multiplies them with mma.sync (sm_80 and later;
 //    GPTQ_KERNELS_NO_MMA=1 turns it off, and then up to 32 rows take the GEMV kernel in row tiles of 8);
@@ -28,6 +31,7 @@
 #include "core/bitpack.h"
 #include "core/checks.h"
 #include "cuda/gemm_plan.cuh"
+#include "cuda/gemm_wgmma.cuh"
 #include "cuda/gemv_tc.cuh"
 #include "cuda/layout.cuh"
 #include "cuda/torch_types.h"
@@ -56,6 +60,14 @@ bool gemv_tc_enabled() {
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return enabled;
+}
+
+// The Hopper kernel is off unless GPTQ_KERNELS_WGMMA is set to something other than "0". Read at every call (a
+// getenv, well under a microsecond), so that a benchmark can time it next to the other paths in one process; a
+// CUDA graph keeps the path it was captured with.
+bool wgmma_requested() {
+  const char* v = std::getenv("GPTQ_KERNELS_WGMMA");
+  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
 }
 
 // GPTQ_KERNELS_MMA_MIN_ROWS (read once): the batch from which the tensor-core kernel replaces the small-batch
@@ -152,6 +164,8 @@ at::Tensor gemm_any_order(const char* op, bool fragment_order, const at::Tensor&
   problem.group_size = kernel_group_size(geo);
   problem.scales_aligned = reinterpret_cast<uintptr_t>(scales.data_ptr()) % 16 == 0;
   problem.tensor_core_gemv = gemv_tc_enabled();
+  // sm_90a code runs on compute capability 9.0 only.
+  problem.wgmma_available = kWgmmaBuilt && device.major == 9 && device.minor == 0 && wgmma_requested();
   const GemmPlan plan = plan_gemm(problem);
   if (plan.path == GemmPath::kDequantizeThenGemm) {
     return dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx, bias, fragment_order).view(out_shape);

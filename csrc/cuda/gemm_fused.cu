@@ -5,6 +5,7 @@
 #include "core/bitpack.h"
 #include "cuda/gemm_mma.cuh"
 #include "cuda/gemm_plan.cuh"
+#include "cuda/gemm_wgmma.cuh"
 #include "cuda/gemv.cuh"
 #include "cuda/gemv_tc.cuh"
 #include "cuda/split_k.cuh"
@@ -82,6 +83,17 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
   const bool tensor_core_gemv = mma && problem.tensor_core_gemv && tc_layout && !problem.has_g_idx &&
                                 problem.scales_aligned &&
                                 gemv_tc_group_class(problem.group_size, problem.k, problem.bits) != 0;
+  const bool wgmma = mma && problem.wgmma_available && problem.fragment_order &&
+                     (problem.bits == 2 || problem.bits == 4) && !problem.has_g_idx && problem.scales_aligned &&
+                     wgmma_takes_groups(problem.group_size);
+  if (wgmma && m >= kWgmmaMinRows) {
+    plan.path = GemmPath::kWgmma;
+    plan.wgmma_tile_rows = wgmma_tile_rows(m, problem.n, problem.sms);
+    plan.grid = dim3(static_cast<unsigned>((m + plan.wgmma_tile_rows - 1) / plan.wgmma_tile_rows),
+                     static_cast<unsigned>((problem.n + kWgmmaColumns - 1) / kWgmmaColumns));
+    split_k(plan, problem, kWgmmaCtasPerSm, kWgmmaMinBlocksPerCta, kWgmmaStageBlocks);
+    return plan;
+  }
   // Rows from which the tensor-core kernel takes over from the small-batch kernels.
   const int64_t small_batch_rows = tensor_core_gemv ? kGemvTcMaxRows : kGemvMaxRowsPerCta;
   const int64_t mma_min_rows = problem.mma_min_rows == kAutoMmaMinRows
@@ -115,6 +127,10 @@ cudaError_t launch_fused_gemm(const GemmPlan& plan, int bits, const FusedGemmPar
     launch_gemv_bits(bits, p, type, plan.rows_per_cta, plan.grid, stream);
   } else if (plan.path == GemmPath::kGemvTensorCore) {
     launch_gemv_tc_bits(bits, p, type, plan.grid, stream);
+  } else if (plan.path == GemmPath::kWgmma) {
+    const cudaError_t error = bits == 2 ? launch_gemm_wgmma<2>(p, type, plan.wgmma_tile_rows, plan.grid, stream)
+                                        : launch_gemm_wgmma<4>(p, type, plan.wgmma_tile_rows, plan.grid, stream);
+    if (error != cudaSuccess) return error;
   } else {
     const cudaError_t error = launch_mma_bits(bits, p, type, plan.mma_tiles, plan.grid, stream);
     if (error != cudaSuccess) return error;

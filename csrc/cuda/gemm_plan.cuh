@@ -20,6 +20,7 @@ enum class GemmPath {
   kGemv,                // up to 8 rows (32 without the tensor-core kernel): gemv_kernel.cuh
   kGemvTensorCore,      // up to 16 rows, 2/4-bit in fragment order or 3-bit, no g_idx: gemv_tc_kernel.cuh
   kMma,                 // up to 256 rows: the tensor-core kernel, gemm_mma_kernel.cuh
+  kWgmma,               // from 17 rows when asked for (GPTQ_KERNELS_WGMMA=1), sm_90a: gemm_wgmma_kernel.cuh
   kDequantizeThenGemm,  // everything else: W^T dequantized to x's dtype, then one cuBLAS GEMM (gemm.cu)
 };
 
@@ -42,12 +43,16 @@ struct GemmProblem {
   // The tensor-core GEMV takes the small batches it can (see kGemvTensorCore); GPTQ_KERNELS_GEMV_TC=0 turns it
   // off, to compare it with the GEMV kernel.
   bool tensor_core_gemv = true;
+  // The Hopper kernel (gemm_wgmma.cuh) may take batches from kWgmmaMinRows rows of 2- and 4-bit weights in
+  // fragment order: an sm_90a build on a compute capability 9.0 device, and GPTQ_KERNELS_WGMMA=1.
+  bool wgmma_available = false;
 };
 
 struct GemmPlan {
   GemmPath path;
   int rows_per_cta;        // kGemv: 1, 2, 4 or 8 (kGemvTensorCore: all rows, at most 16, in one CTA)
   int mma_tiles;           // kMma: 16-row mma tiles per CTA, 1, 2 or 4
+  int wgmma_tile_rows;     // kWgmma: batch rows per CTA, 64 or 128
   dim3 grid;               // [row tiles, column tiles, K splits]
   int64_t splits;          // grid.z; above 1 the fused kernel writes fp32 partial sums to a workspace
   int64_t blocks_per_cta;  // 32-row blocks of K per CTA (FusedGemmParams::blocks_per_cta)

@@ -35,7 +35,7 @@ inline int kernel_group_size(const core::QuantGeometry& geo) {
 // also safe during CUDA graph capture).
 struct DeviceInfo {
   int multiprocessors;
-  int major;  // compute capability
+  int major, minor;  // compute capability
 };
 
 inline const DeviceInfo& device_info(c10::DeviceIndex device) {
@@ -45,6 +45,7 @@ inline const DeviceInfo& device_info(c10::DeviceIndex device) {
       const int d = static_cast<int>(i);
       C10_CUDA_CHECK(cudaDeviceGetAttribute(&all[i].multiprocessors, cudaDevAttrMultiProcessorCount, d));
       C10_CUDA_CHECK(cudaDeviceGetAttribute(&all[i].major, cudaDevAttrComputeCapabilityMajor, d));
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&all[i].minor, cudaDevAttrComputeCapabilityMinor, d));
     }
     return all;
   }();

@@ -11,7 +11,13 @@
 //     (and ldmatrix reads shared memory) at release;
 //   * cp.async: each copy lands when its group is waited for (the latest moment the hardware allows), or at
 //     issue with eager_async_copies (the earliest), so a stage read before its wait, or refilled while still
-//     being read, gives a wrong result in one of the two modes.
+//     being read, gives a wrong result in one of the two modes;
+//   * wgmma (sm_90a): a warpgroup collective (the 4 warps of threads 128q..128q+127); the multiply reads its A
+//     registers and its shared-memory B tile, and writes its accumulators, when a wait_group covers its group, or
+//     at issue with eager_async_copies. In between, the emulator holds pointers to the registers, so an A fragment
+//     or accumulator touched before the wait, or a tile refilled before it, gives a wrong result. B is located
+//     from its matrix descriptor as the hardware does (K-major, 128-byte swizzle, the only layout modelled), in a
+//     shared window where dynamic shared memory starts at kSharedWindowBase, which is not 1024-byte aligned.
 // The scheduler always resumes the first runnable thread, first to last or (reverse_order) last to first, and
 // releases a warp collective as soon as its lanes have arrived: each warp runs as far ahead of the next as the
 // barriers allow, so a missing barrier between a write and another warp's read shows up in one of the orders. Any
@@ -60,7 +66,7 @@ class Error : public std::runtime_error {
 
 struct Options {
   bool reverse_order = false;       // run the threads of a CTA last to first between synchronisation points
-  bool eager_async_copies = false;  // cp.async lands at issue instead of at its wait
+  bool eager_async_copies = false;  // cp.async lands, and wgmma runs, at issue instead of at its wait
   size_t max_dynamic_shared = 227 * 1024;  // opt-in limit per CTA on sm_90 (cudaFuncSetAttribute)
 };
 inline Options& options() {
@@ -73,7 +79,27 @@ enum class MmaType { kHalf, kBFloat16 };
 namespace detail {
 
 enum class Wait { kRunnable, kBarrier, kCollective, kDone };
-enum class Collective { kShfl, kShflXor, kAll, kAny, kBallot, kMma, kLdmatrix };
+enum class Collective { kShfl, kShflXor, kAll, kAny, kBallot, kMma, kLdmatrix, kWgmma, kWgmmaCommit, kWgmmaWait };
+// Collectives of a whole warpgroup rather than of a warp.
+inline bool warpgroup_collective(Collective op) {
+  return op == Collective::kWgmma || op == Collective::kWgmmaCommit || op == Collective::kWgmmaWait;
+}
+
+// Dynamic shared memory's first byte in the emulated shared window (what cvta.to.shared returns for it).
+constexpr uint32_t kSharedWindowBase = 0x410;
+
+// One wgmma of a warpgroup: its shape and operands, per thread of the warpgroup.
+struct WgmmaOp {
+  int n;
+  MmaType type;
+  uint64_t desc;
+  float* d[128];
+  const uint32_t* a[128];
+};
+struct WarpgroupState {
+  std::vector<WgmmaOp> open;                    // issued since the last commit
+  std::deque<std::vector<WgmmaOp>> committed;  // oldest first
+};
 
 struct AsyncCopy {
   void* dst;
@@ -96,6 +122,10 @@ struct Fiber {
   uint32_t a[4], b[2];  // mma operands; a also receives ldmatrix's four registers
   float d[4];
   const unsigned char* row_address;  // ldmatrix: the 16-byte row this lane supplies
+  float* wg_d;                       // wgmma: this thread's accumulators, A registers and the B descriptor
+  const uint32_t* wg_a;
+  uint64_t wg_desc;
+  int wg_n;
   std::vector<AsyncCopy> uncommitted;
   std::deque<std::vector<AsyncCopy>> groups;  // committed, oldest first
 };
@@ -133,6 +163,21 @@ class Runtime {
 
   Fiber& self() { return fibers_[current_]; }
   unsigned char* dynamic_shared() { return dynamic_shared_.get(); }
+
+  // The shared-window address of a pointer into dynamic shared memory, and back (with a bounds check).
+  uint32_t shared_address(const void* p) const {
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    if (dynamic_shared_ == nullptr || c < dynamic_shared_.get() || c > dynamic_shared_.get() + dynamic_bytes_) {
+      throw Error("shared_address of a pointer outside the CTA's dynamic shared memory");
+    }
+    return kSharedWindowBase + static_cast<uint32_t>(c - dynamic_shared_.get());
+  }
+  const unsigned char* shared_at(uint32_t address, size_t bytes) const {
+    if (address < kSharedWindowBase || address - kSharedWindowBase + bytes > dynamic_bytes_) {
+      throw Error("wgmma reads shared address " + std::to_string(address) + " outside dynamic shared memory");
+    }
+    return dynamic_shared_.get() + (address - kSharedWindowBase);
+  }
 
   // Suspends the calling fiber until the scheduler releases it.
   void yield(Wait wait) {
@@ -173,6 +218,8 @@ class Runtime {
   }
   void release_collective(int warp, int threads, bool strict);
   void resolve(std::vector<Fiber*>& lanes, int warp);
+  void release_warpgroup(int group, int threads, bool strict);
+  void run_wgmma(const WgmmaOp& op);
   void sync_builtins();
   static void trampoline();
 
@@ -185,6 +232,8 @@ class Runtime {
     void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(16)); }
   };
   std::unique_ptr<unsigned char[], FreeAligned> dynamic_shared_;
+  size_t dynamic_bytes_ = 0;
+  std::vector<WarpgroupState> warpgroups_;
 };
 
 }  // namespace detail
@@ -266,6 +315,39 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   std::memcpy(r, rt.self().a, sizeof r);
 }
 
+// cvta.to.shared for a pointer into dynamic shared memory (the only shared memory a wgmma operand lives in here).
+inline uint32_t shared_address(const void* p) { return detail::Runtime::get().shared_address(p); }
+
+// wgmma.fence: orders register accesses around wgmmas on a GPU; here every wgmma reads its registers through
+// pointers when it runs, so there is nothing to order.
+inline void wgmma_fence() {}
+
+namespace detail {
+inline void warpgroup_collective_call(Collective op, int lane_arg) {
+  Runtime& rt = Runtime::get();
+  Fiber& f = rt.self();
+  f.op = op;
+  f.mask = 0xffffffffu;
+  f.lane_arg = lane_arg;
+  rt.yield(Wait::kCollective);
+}
+}  // namespace detail
+
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16} with A from registers: queued for the warpgroup (run now
+// with eager_async_copies).
+inline void wgmma_m64nNk16(MmaType type, int n, float* d, const uint32_t (&a)[4], uint64_t desc) {
+  detail::Fiber& f = detail::Runtime::get().self();
+  f.mma_type = type;
+  f.wg_d = d;
+  f.wg_a = a;
+  f.wg_desc = desc;
+  f.wg_n = n;
+  detail::warpgroup_collective_call(detail::Collective::kWgmma, 0);
+}
+// wgmma.commit_group and wgmma.wait_group N (N at most 7).
+inline void wgmma_commit_group() { detail::warpgroup_collective_call(detail::Collective::kWgmmaCommit, 0); }
+inline void wgmma_wait_group(int pending) { detail::warpgroup_collective_call(detail::Collective::kWgmmaWait, pending); }
+
 namespace detail {
 
 // Enters a collective: records the operands, waits for the release, returns the result.
@@ -332,6 +414,7 @@ inline void Runtime::run(const void* kernel, dim3 grid, dim3 block, size_t dynam
       for (unsigned x = 0; x < grid.x; ++x) {
         block_idx = uint3{x, y, z};
         dynamic_shared_.reset();
+        dynamic_bytes_ = dynamic_bytes;
         if (dynamic_bytes > 0) {
           dynamic_shared_.reset(static_cast<unsigned char*>(::operator new[](dynamic_bytes, std::align_val_t(16))));
           std::memset(dynamic_shared_.get(), 0xff, dynamic_bytes);
@@ -351,6 +434,7 @@ inline void Runtime::run(const void* kernel, dim3 grid, dim3 block, size_t dynam
 // in reverse order). That maximal skew between warps is what makes a missing barrier show.
 inline void Runtime::run_block(int threads) {
   for (int i = 0; i < threads; ++i) prepare(i);
+  warpgroups_.assign(static_cast<size_t>((threads + 127) / 128), WarpgroupState{});
   for (;;) {
     int next = -1;
     for (int j = 0; j < threads && next < 0; ++j) {
@@ -360,7 +444,14 @@ inline void Runtime::run_block(int threads) {
     if (next >= 0) {
       resume(next);
       if (!error_.empty()) return;
-      if (fibers_[next].wait == Wait::kCollective) release_collective(next / 32, threads, false);
+      if (fibers_[next].wait == Wait::kCollective) {
+        if (warpgroup_collective(fibers_[next].op)) {
+          release_warpgroup(next / 128, threads, false);
+        } else {
+          release_collective(next / 32, threads, false);
+        }
+        if (!error_.empty()) return;
+      }
       continue;
     }
     bool live = false, all_at_barrier = true;
@@ -369,10 +460,16 @@ inline void Runtime::run_block(int threads) {
       live = true;
       if (fibers_[i].wait != Wait::kBarrier) all_at_barrier = false;
     }
-    if (!live) return;
+    if (!live) {
+      for (const WarpgroupState& wg : warpgroups_) {
+        if (!wg.open.empty() || !wg.committed.empty()) fail("a wgmma is still in flight when the CTA exits");
+      }
+      return;
+    }
     if (!all_at_barrier) {
       // A collective still waits although nothing else can run: report the lane it waits for.
       for (int warp = 0; warp * 32 < threads; ++warp) release_collective(warp, threads, true);
+      for (int group = 0; group * 128 < threads; ++group) release_warpgroup(group, threads, true);
       fail("deadlock: some threads wait at __syncthreads while others wait in a warp collective");
       return;
     }
@@ -388,7 +485,7 @@ inline void Runtime::release_collective(int warp, int threads, bool strict) {
   for (int l = 0; l < 32 && warp * 32 + l < threads && first == nullptr; ++l) {
     if (fibers_[warp * 32 + l].wait == Wait::kCollective) first = &fibers_[warp * 32 + l];
   }
-  if (first == nullptr) return;
+  if (first == nullptr || warpgroup_collective(first->op)) return;
   std::vector<Fiber*> lanes(32, nullptr);
   for (int l = 0; l < 32; ++l) {
     if ((first->mask >> l & 1u) == 0) continue;
@@ -486,6 +583,122 @@ inline void Runtime::resolve(std::vector<Fiber*>& lanes, int warp) {
       case Collective::kAll: f->result = vote_all; break;
       case Collective::kAny: f->result = vote_any; break;
       default: f->result = ballot;
+    }
+  }
+}
+
+// Releases the warpgroup collective that the 128 threads of `group` wait in once all have arrived (with `strict`,
+// a thread missing from it is an error), and runs what it asks for.
+inline void Runtime::release_warpgroup(int group, int threads, bool strict) {
+  if ((group + 1) * 128 > threads) {
+    for (int i = group * 128; i < threads; ++i) {
+      if (fibers_[i].wait == Wait::kCollective && warpgroup_collective(fibers_[i].op)) {
+        fail("a wgmma instruction in a CTA whose threads do not fill whole warpgroups");
+        return;
+      }
+    }
+    return;
+  }
+  Fiber* const first = &fibers_[group * 128];
+  bool any = false, all = true;
+  for (int i = 0; i < 128; ++i) {
+    const Fiber& f = fibers_[group * 128 + i];
+    const bool here = f.wait == Wait::kCollective && warpgroup_collective(f.op);
+    any = any || here;
+    all = all && here && f.op == first->op;
+  }
+  if (!all) {
+    if (strict && any) {
+      fail("warpgroup " + std::to_string(group) + ": a thread does not take part in the warpgroup's wgmma instruction");
+    }
+    return;
+  }
+  WarpgroupState& state = warpgroups_[static_cast<size_t>(group)];
+  if (first->op == Collective::kWgmma) {
+    WgmmaOp op;
+    op.n = first->wg_n;
+    op.type = first->mma_type;
+    op.desc = first->wg_desc;
+    for (int i = 0; i < 128; ++i) {
+      const Fiber& f = fibers_[group * 128 + i];
+      if (f.wg_n != op.n || f.mma_type != op.type || f.wg_desc != op.desc) {
+        fail("warpgroup " + std::to_string(group) + ": threads disagree on a wgmma's shape, type or descriptor");
+        return;
+      }
+      op.d[i] = f.wg_d;
+      op.a[i] = f.wg_a;
+    }
+    if (options().eager_async_copies) {
+      run_wgmma(op);
+    } else {
+      state.open.push_back(op);
+    }
+  } else if (first->op == Collective::kWgmmaCommit) {
+    state.committed.push_back(std::move(state.open));
+    state.open.clear();
+  } else {
+    while (static_cast<int>(state.committed.size()) > first->lane_arg) {
+      for (const WgmmaOp& op : state.committed.front()) run_wgmma(op);
+      state.committed.pop_front();
+    }
+  }
+  for (int i = 0; i < 128; ++i) fibers_[group * 128 + i].wait = Wait::kRunnable;
+}
+
+// D (64 x n) += A (64 x 16) B (16 x n). A: thread 32 w + 4 g + t holds rows 16 w + g (+ 8) in the m16n8k16 A
+// layout (registers 0-3: row g cols 2t, 2t+1; row g+8; row g cols 2t+8, 2t+9; row g+8 cols 2t+8, 2t+9). D: its
+// d[4i + 2h + e] is row 16 w + g + 8 h, column 8 i + 2 t + e. B from the descriptor (PTX ISA, "Matrix Descriptor
+// Format"): start address, leading byte offset, stride byte offset (bits 0-13, 16-29, 32-45, in 16-byte units),
+// base offset (bits 49-51) and swizzle mode (bits 62-63, 1 = 128 bytes). K-major, 128-byte swizzle: column n of
+// B (its 16 values of K) starts at start + (n / 8) SBO + (n % 8) 128, and the swizzle XORs address bits 4-6 with
+// bits 7-9 of the shared address.
+inline void Runtime::run_wgmma(const WgmmaOp& op) {
+  const uint32_t start = static_cast<uint32_t>(op.desc & 0x3fffu) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((op.desc >> 32) & 0x3fffu) << 4;
+  if ((op.desc >> 62) != 1 || ((op.desc >> 49) & 7u) != 0) {
+    fail("the emulator models wgmma B tiles in the 128-byte swizzle with base offset 0 only");
+    return;
+  }
+  if (start % 128 + 32 > 128) {
+    fail("a wgmma k16 slice of a 128-byte swizzled B tile must lie within its 128-byte row");
+    return;
+  }
+  if (op.n % 8 != 0 || op.n < 8 || op.n > 256) {
+    fail("invalid wgmma N");
+    return;
+  }
+  float A[64][16];
+  for (int i = 0; i < 128; ++i) {
+    const int w = i / 32, g = i % 32 / 4, t = i % 4;
+    for (int r = 0; r < 4; ++r) {
+      const int row = 16 * w + g + 8 * (r % 2), col = 2 * t + 8 * (r / 2);
+      A[row][col] = bits_to_float(static_cast<uint16_t>(op.a[i][r] & 0xffffu), op.type);
+      A[row][col + 1] = bits_to_float(static_cast<uint16_t>(op.a[i][r] >> 16), op.type);
+    }
+  }
+  std::vector<float> B(static_cast<size_t>(16 * op.n));  // [k][n]
+  for (int n = 0; n < op.n; ++n) {
+    for (int k = 0; k < 16; ++k) {
+      const uint32_t logical = start + static_cast<uint32_t>(n / 8) * sbo + static_cast<uint32_t>(n % 8) * 128 +
+                               static_cast<uint32_t>(2 * k);
+      const uint32_t physical = logical ^ (((logical >> 7) & 7u) << 4);
+      uint16_t bits;
+      std::memcpy(&bits, shared_at(physical, 2), 2);
+      B[static_cast<size_t>(k * op.n + n)] = bits_to_float(bits, op.type);
+    }
+  }
+  for (int i = 0; i < 128; ++i) {
+    const int w = i / 32, g = i % 32 / 4, t = i % 4;
+    for (int c = 0; c < op.n / 8; ++c) {
+      for (int h = 0; h < 2; ++h) {
+        for (int e = 0; e < 2; ++e) {
+          const int row = 16 * w + g + 8 * h, col = 8 * c + 2 * t + e;
+          double sum = 0.0;  // exact products; the hardware's summation order is unspecified
+          for (int k = 0; k < 16; ++k) sum += static_cast<double>(A[row][k]) * B[static_cast<size_t>(k * op.n + col)];
+          float& d = op.d[i][4 * c + 2 * h + e];
+          d = static_cast<float>(sum + d);
+        }
+      }
     }
   }
 }

@@ -161,6 +161,7 @@ const char* path_name(GemmPath path) {
     case GemmPath::kGemv: return "gemv";
     case GemmPath::kGemvTensorCore: return "gemv_tc";
     case GemmPath::kMma: return "mma";
+    case GemmPath::kWgmma: return "wgmma";
     default: return "dequantize_then_gemm";
   }
 }
@@ -184,10 +185,12 @@ void run_gemm(const Job& job) {
   problem.group_size = job.num("group_size");
   problem.scales_aligned = true;  // every array is its own 16-byte aligned heap block
   problem.tensor_core_gemv = job.num("gemv_tc", 1) != 0;
+  problem.wgmma_available = job.num("wgmma", 0) != 0;
   const GemmPlan plan = plan_gemm(problem);
   std::ostringstream text;
   text << "path " << path_name(plan.path) << "\nsplits " << plan.splits << "\nblocks_per_cta " << plan.blocks_per_cta
-       << "\nrows_per_cta " << plan.rows_per_cta << "\nmma_tiles " << plan.mma_tiles << "\ngrid " << plan.grid.x
+       << "\nrows_per_cta " << plan.rows_per_cta << "\nmma_tiles " << plan.mma_tiles
+       << "\nwgmma_tile_rows " << plan.wgmma_tile_rows << "\ngrid " << plan.grid.x
        << "," << plan.grid.y << "," << plan.grid.z << "\n";
   job.save_text("plan.txt", text.str());
   if (plan.path == GemmPath::kDequantizeThenGemm) return;

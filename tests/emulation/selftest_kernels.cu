@@ -1,6 +1,7 @@
 // Kernels with deliberate synchronisation bugs (and their fixed forms), run by the harness's "selftest" op so
 // that tests/test_cuda_emulated.py can check the emulator catches each kind of bug it claims to catch.
 #include "cuda/gemm_mma_kernel.cuh"
+#include "cuda/wgmma_ops.cuh"
 
 namespace selftest {
 
@@ -48,10 +49,36 @@ __global__ void ldmatrix_quadrants(int* out) {
   out[threadIdx.x] = static_cast<int>((r[warp] & 0xffffu) + 256u * (r[warp] >> 16));
 }
 
+// One wgmma m64n64k16 of the warpgroup: A all ones, B = the k16 slice 2 of a 64 x 64 tile of x[n][k] = (k + n) % 17
+// in the 128-byte swizzled layout, so every row of D is the column sums of that slice. Thread i writes
+// d[4 (i % 8) + 1] (column 8 (i % 8) + 2 (i % 4) + 1), read after the wait or, with wait == false, before it.
+__global__ void wgmma_column_sums(float* out, bool wait) {
+  using namespace gptq_kernels::cuda;
+  unsigned char* raw = dynamic_shared_memory();
+  unsigned char* tile = raw + (kSwizzleAtomBytes - shared_address(raw) % kSwizzleAtomBytes) % kSwizzleAtomBytes;
+  for (int i = threadIdx.x; i < 64 * 64; i += kThreads) {
+    const int n = i / 64, k = i % 64;
+    const __half v = __float2half(static_cast<float>((k + n) % 17));
+    std::memcpy(tile + swizzled_piece_offset(n, k / 8) + (k % 8) * 2, &v, 2);
+  }
+  fence_proxy_async_shared();
+  __syncthreads();
+  uint32_t a[4];
+  for (uint32_t& r : a) r = 0x3c003c00u;  // 1.0 in both halves
+  float d[32];
+  for (float& v : d) v = 0.f;
+  wgmma_fence();
+  WgmmaOps<__half>::mma<64>(d, a, swizzled_k_major_descriptor(shared_address(tile) + 2 * 32));
+  wgmma_commit();
+  if (wait) wgmma_wait<0>();
+  out[threadIdx.x] = d[4 * (threadIdx.x % 8) + 1];
+  wgmma_wait<0>();
+}
+
 }  // namespace selftest
 
 // Runs case `name` ("exchange", "exchange_no_barrier", "async_copy", "async_copy_no_wait", "shuffle_after_exit",
-// "read_past_end", "ldmatrix") and returns its 128 outputs as floats.
+// "read_past_end", "ldmatrix", "wgmma", "wgmma_no_wait") and returns its 128 outputs as floats.
 std::vector<float> run_selftest(const std::string& name) {
   using namespace selftest;
   std::vector<int> ints(kThreads, -1);
@@ -63,6 +90,9 @@ std::vector<float> run_selftest(const std::string& name) {
     for (int i = 0; i < kThreads; ++i) src[i] = static_cast<float>(i);
     GPTQ_LAUNCH(1, kThreads, kThreads * sizeof(float), nullptr, async_copy)(src.data(), floats.data(),
                                                                            name == "async_copy");
+    return floats;
+  } else if (name == "wgmma" || name == "wgmma_no_wait") {
+    GPTQ_LAUNCH(1, kThreads, 64 * 128 + 1024, nullptr, wgmma_column_sums)(floats.data(), name == "wgmma");
     return floats;
   } else if (name == "shuffle_after_exit") {
     GPTQ_LAUNCH(1, kThreads, 0, nullptr, shuffle_after_exit)(ints.data());

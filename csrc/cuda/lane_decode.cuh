@@ -1,0 +1,182 @@
+// What a lane of the two kernels that take the weights as the A operand of the tensor cores (the tensor-core
+// GEMV, gemv_tc_kernel.cuh, and the Hopper kernel, gemm_wgmma_kernel.cuh) does with its share of the packed
+// weights: lane (g, t) owns 4 consecutive columns, walks their scales and zero points group by group, and decodes
+// its values of a 32-row block into A fragments of m16n8k16 (rows g and g + 8 of a 16-column tile), two values per
+// mask and fused multiply-add.
+#pragma once
+#include <cstdint>
+
+#include "core/bitpack.h"
+#include "cuda/common.cuh"
+#include "cuda/mma_ops.cuh"
+
+namespace gptq_kernels {
+namespace cuda {
+
+// A group's scales and zero points for one lane's 4 columns, as stored: loaded a group ahead, so that a group
+// change converts registers instead of waiting for memory.
+struct RawGroup {
+  uint4 scales;    // 4 x fp32, or 4 x 16 bits in .x and .y (fp16, bf16)
+  uint32_t zeros;  // the qzeros word holding the 4 columns' zero points (minus one)
+  uint32_t zeros_next;  // 3-bit: the next word, where the 4 zero points reach into it
+};
+
+// Walks one lane's scales and zeros group by group with two pointers (no 64-bit index maths per group), staying
+// on the last group once it is reached.
+template <int BITS>
+class GroupStream {
+ public:
+  __device__ __forceinline__ GroupStream(const FusedGemmParams& p, int group, int n0)
+      : group_(group), groups_(p.groups), fp32_(p.scale_type == FloatType::kFloat),
+        zeros_straddle_(BITS == 3 && zero_shift(n0) + 4 * BITS > 32) {
+    const int64_t scale_bytes = fp32_ ? 4 : 2;
+    scale_row_ = p.n * scale_bytes;
+    zero_row_ = p.n * BITS / 32;
+    scales_ = static_cast<const unsigned char*>(p.scales) + (static_cast<int64_t>(group) * p.n + n0) * scale_bytes;
+    zeros_ = p.qzeros + static_cast<int64_t>(group) * zero_row_ + static_cast<int64_t>(n0) * BITS / 32;
+  }
+  // Where column n0's zero point starts in its qzeros word (n0 a multiple of 4).
+  static __device__ __forceinline__ int zero_shift(int n0) { return n0 * BITS % 32; }
+  // Scales: 4 consecutive values at a multiple of 4 columns, 8- or 16-byte aligned (plan_gemm checks the base).
+  __device__ __forceinline__ RawGroup load() const {
+    RawGroup r;
+    if (fp32_) {
+      r.scales = __ldg(reinterpret_cast<const uint4*>(scales_));
+    } else {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(scales_));
+      r.scales = make_uint4(v.x, v.y, 0u, 0u);
+    }
+    r.zeros = __ldg(zeros_);
+    r.zeros_next = zeros_straddle_ ? __ldg(zeros_ + 1) : 0u;  // never past the row where it is not needed
+    return r;
+  }
+  __device__ __forceinline__ void advance() {
+    if (group_ + 1 < groups_) ++group_, scales_ += scale_row_, zeros_ += zero_row_;
+  }
+
+ private:
+  int group_, groups_;
+  bool fp32_, zeros_straddle_;
+  int64_t scale_row_, zero_row_;
+  const unsigned char* scales_;
+  const uint32_t* zeros_;
+};
+
+__device__ __forceinline__ float raw_scale(const uint4& s, int c, FloatType type) {
+  const uint32_t w[4] = {s.x, s.y, s.z, s.w};
+  if (type == FloatType::kFloat) return __uint_as_float(w[c]);
+  const uint32_t bits16 = (w[c / 2] >> (16 * (c % 2))) & 0xffffu;
+  if (type == FloatType::kBFloat16) return __uint_as_float(bits16 << 16);
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(bits16)));
+}
+
+// The magic-number form of a lane's 4 zero points (columns n0..n0+3 of the group): h[c] = magic + zero of column
+// c in both halves, as PositionedPairs::offsets takes it. qzeros stores zero points minus one.
+template <typename T, int BITS>
+__device__ __forceinline__ void lane_zero_points(const RawGroup& raw, int n0, uint32_t (&h)[4]) {
+  if constexpr (BITS == 3) {
+    const int shift = GroupStream<BITS>::zero_shift(n0);
+    const uint32_t fields = __funnelshift_r(raw.zeros, raw.zeros_next, static_cast<unsigned>(shift));
+#pragma unroll
+    for (int c = 0; c < 4; ++c) h[c] = (((fields >> (3 * c)) + 1u) & 7u) * 0x10001u | MagicPair<T>::kBits;
+  } else {
+    // The lane's 4 zero points at bits BITS c of both halves.
+    const uint32_t zeros = (raw.zeros + core::ones_per_field(BITS)) >> GroupStream<BITS>::zero_shift(n0);
+    const uint32_t both_halves = __byte_perm(zeros, 0u, BITS == 4 ? 0x1010u : 0x4040u);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      h[c] = and_or(both_halves >> (BITS * c), core::value_mask(BITS) * 0x10001u, MagicPair<T>::kBits);
+    }
+  }
+}
+
+// Pairs of BITS-bit values at positions STEP r (r < RUN) of both halves of a register, decoded in place: one mask
+// puts pair r into the mantissas of two magic numbers (magic + q 2^position), and one HFMA2 with multiplier
+// 2^-position and that position's offset pair -(magic 2^-position + zero) leaves q - zero exactly. A value at
+// position s needs s + BITS mantissa bits, which bounds RUN.
+template <typename T, int BITS, int STEP, int RUN>
+struct PositionedPairs {
+  using Magic = MagicPair<T>;
+  static constexpr int kRun = RUN;
+  static_assert(STEP * (RUN - 1) + BITS <= Magic::kMantissaBits, "a value must fit the magic mantissa");
+
+  // Multipliers (2^-position in both halves), built once.
+  static __device__ __forceinline__ void multipliers(uint32_t (&m)[RUN]) {
+#pragma unroll
+    for (int r = 0; r < RUN; ++r) {
+      const float f = 1.f / static_cast<float>(1 << (STEP * r));
+      m[r] = MmaOps<T>::pack2(f, f);
+    }
+  }
+  // Offset pairs -(magic 2^-position + z), exact in T, for a zero point z given as h = magic + z in both halves
+  // (z ORed into the mantissas): -h + (magic - magic 2^-position), one HFMA2 each.
+  static __device__ __forceinline__ void offsets(uint32_t h, uint32_t (&o)[RUN]) {
+    const uint32_t minus_one = MmaOps<T>::pack2(-1.f, -1.f);
+#pragma unroll
+    for (int r = 0; r < RUN; ++r) {
+      const float c = Magic::kValue - Magic::kValue / static_cast<float>(1 << (STEP * r));
+      o[r] = magic_fma<T>(h, minus_one, MmaOps<T>::pack2(c, c));
+    }
+  }
+  // q - zero of the pair at position STEP R of `values` shifted down by SHIFT bits.
+  template <int R, int SHIFT>
+  static __device__ __forceinline__ uint32_t decode_at(uint32_t values, const uint32_t (&multiplier)[RUN],
+                                                       const uint32_t (&offset)[RUN]) {
+    constexpr uint32_t kMask = (core::value_mask(BITS) * 0x10001u) << (STEP * R);
+    const uint32_t h = and_or(SHIFT == 0 ? values : values >> SHIFT, kMask, Magic::kBits);
+    return magic_fma<T>(h, multiplier[R], offset[R]);
+  }
+};
+
+// Pairs that fit in place before a shift: at most 4 (a lane's 4 pairs), and positions that fit the mantissa.
+template <typename T>
+constexpr int pairs_in_place(int bits, int step) {
+  const int fit = (MagicPair<T>::kMantissaBits - bits) / step + 1;
+  return fit < 4 ? fit : 4;
+}
+
+// The decode of FragmentOrderDecode (mma_ops.cuh) with an offset pair per position instead of per parity: lane
+// t's values of one column and block sit in a register with pair p's low value at bit BITS p of the low half and
+// its high value at the same bit of the high half. Runs of kRun pairs decode in place: pair p at position
+// BITS (p % kRun) after a shift by BITS kRun (p / kRun) (none at all for 2-bit fp16).
+template <typename T, int BITS>
+struct InPlaceDecode : PositionedPairs<T, BITS, BITS, pairs_in_place<T>(BITS, BITS)> {
+  using Base = PositionedPairs<T, BITS, BITS, pairs_in_place<T>(BITS, BITS)>;
+  using Base::kRun;
+  static constexpr int kValueRegs = 1;
+
+  template <int P>
+  static __device__ __forceinline__ uint32_t decode(const uint32_t (&values)[kValueRegs],
+                                                    const uint32_t (&multiplier)[kRun], const uint32_t (&offset)[kRun]) {
+    return Base::template decode_at<P % kRun, BITS * kRun * (P / kRun)>(values[0], multiplier, offset);
+  }
+};
+
+// 3-bit weights in the checkpoint order (no fragment order exists for them): lane t takes rows 8t..8t+7 of each
+// block, 24 consecutive bits of the block's 96 (one funnel shift of the two words they touch), and pairs them as
+// (8t + 2p, 8t + 2p + 1) for p = 0..3, so its x fragment is 8 consecutive values (one 16-byte shared load). Values
+// 2p and 2p + 1 sit at bits 6p and 6p + 3 of the lane's 24 bits; a byte permute of v and v << 13 puts pairs 0 and 1
+// into the halves of one register (low values at 0 and 6, high values at 16 and 22), one of v >> 12 and v << 1
+// pairs 2 and 3, and then each pair is one mask and one HFMA2 (position 6 needs 9 mantissa bits, which bf16 lacks:
+// there odd pairs take one shift more).
+template <typename T>
+struct ThreeBitDecode : PositionedPairs<T, 3, 6, pairs_in_place<T>(3, 6) < 2 ? pairs_in_place<T>(3, 6) : 2> {
+  using Base = PositionedPairs<T, 3, 6, pairs_in_place<T>(3, 6) < 2 ? pairs_in_place<T>(3, 6) : 2>;
+  using Base::kRun;
+  static constexpr int kValueRegs = 2;  // registers holding one column's 8 values after the permutes
+
+  // The lane's 24 bits v (bits above 23 are ignored) as the two registers decode takes.
+  static __device__ __forceinline__ void spread(uint32_t v, uint32_t (&out)[kValueRegs]) {
+    out[0] = __byte_perm(v, v << 13, 0x7610u);
+    out[1] = __byte_perm(v >> 12, v << 1, 0x7610u);
+  }
+  template <int P>
+  static __device__ __forceinline__ uint32_t decode(const uint32_t (&values)[kValueRegs],
+                                                    const uint32_t (&multiplier)[kRun], const uint32_t (&offset)[kRun]) {
+    constexpr int kPair = P % 2;  // which of the register's two pairs
+    return Base::template decode_at<kPair % kRun, 6 * (kPair / kRun)>(values[P / 2], multiplier, offset);
+  }
+};
+
+}  // namespace cuda
+}  // namespace gptq_kernels
