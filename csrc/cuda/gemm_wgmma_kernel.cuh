@@ -94,13 +94,8 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
       Decode::offsets(h[c], offset[c]);
     }
   };
-  const int blocks_per_group = p.group_size == -1 ? INT_MAX : p.group_size / core::kBlockValues;
-  const int group = p.group_size == -1 ? 0 : kb_begin / blocks_per_group;  // the CTA's first
-  int next_group_block = p.group_size == -1 ? INT_MAX : (group + 1) * blocks_per_group;
-  GroupStream<BITS> group_stream(p, min(group, p.groups - 1), n0);
-  start_group(group_stream.load());
-  group_stream.advance();
-  RawGroup next_raw = group_stream.load();
+  GroupWalk<BITS> groups(p, kb_begin, n0);
+  start_group(groups.first());
 
   // Accumulators of A tile j (columns n0 + 2j + h for rows g + 8h of the warp's 16): acc[j][4i + 2h + e] is
   // batch row m0 + 8i + 2t + e.
@@ -122,12 +117,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
   // zero-filled x.
   auto multiply_block = [&](auto set_constant, int b, int buffer, int slot) {
     constexpr int SET = decltype(set_constant)::value;
-    if (b == next_group_block && b < kb_end) {
-      start_group(next_raw);
-      next_group_block += blocks_per_group;
-      group_stream.advance();
-      next_raw = group_stream.load();
-    }
+    if (groups.starts_at(b) && b < kb_end) start_group(groups.take_next());
     const uint4 w = *reinterpret_cast<const uint4*>(smem + buffer * kStageBytes + kXBytes +
                                                     (slot * kWgmmaThreads + tid) * 16);
     const uint32_t words[4] = {w.x, w.y, w.z, w.w};

@@ -186,15 +186,8 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
     }
   };
 
-  // The group of block b is b / blocks_per_group (clamped into [0, groups)), counted forward; the next group's
-  // scales and zeros are always on their way.
-  const int blocks_per_group = p.group_size == -1 ? INT_MAX : p.group_size / core::kBlockValues;
-  const int group = p.group_size == -1 ? 0 : kb_begin / blocks_per_group;  // the CTA's first
-  int next_group_block = p.group_size == -1 ? INT_MAX : (group + 1) * blocks_per_group;
-  GroupStream<BITS> group_stream(p, min(group, p.groups - 1), n0);
-  start_group(group_stream.load());
-  group_stream.advance();
-  RawGroup next_raw = group_stream.load();
+  GroupWalk<BITS> groups(p, kb_begin, n0);
+  start_group(groups.first());
 
   // Batch `first` of the stage in `buffer`: decodes `words` (loaded a batch ago) after sending out the loads of
   // the next batch into `next`.
@@ -205,12 +198,9 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
     for (int i = 0; i < kInFlight; ++i) {
       const int b = first + i;
       if (b >= kb_end) break;  // uniform across the CTA
-      if (i % BPG == 0 && b == next_group_block) {
+      if (i % BPG == 0 && groups.starts_at(b)) {
         finish_group();
-        start_group(next_raw);
-        next_group_block += blocks_per_group;
-        group_stream.advance();
-        next_raw = group_stream.load();
+        start_group(groups.take_next());
       }
       multiply_block(words[i], buffer, slot + i);
     }

@@ -4,6 +4,7 @@
 // its values of a 32-row block into A fragments of m16n8k16 (rows g and g + 8 of a 16-column tile), two values per
 // mask and fused multiply-add.
 #pragma once
+#include <climits>
 #include <cstdint>
 
 #include "core/bitpack.h"
@@ -60,6 +61,39 @@ class GroupStream {
   int64_t scale_row_, zero_row_;
   const unsigned char* scales_;
   const uint32_t* zeros_;
+};
+
+// The groups of a lane's columns met block by block from a CTA's first block: the group of block b is
+// b / blocks_per_group (clamped into [0, groups)), counted forward, and the next group's scales and zeros are always
+// on their way (loaded a group ahead), so that a group change converts registers instead of waiting for memory.
+template <int BITS>
+class GroupWalk {
+ public:
+  __device__ __forceinline__ GroupWalk(const FusedGemmParams& p, int first_block, int n0)
+      : blocks_per_group_(p.group_size == -1 ? INT_MAX : p.group_size / core::kBlockValues),
+        next_block_(p.group_size == -1 ? INT_MAX : (first_block / blocks_per_group_ + 1) * blocks_per_group_),
+        stream_(p, p.group_size == -1 ? 0 : min(first_block / blocks_per_group_, p.groups - 1), n0) {
+    first_ = stream_.load();
+    stream_.advance();
+    next_ = stream_.load();
+  }
+  // The group of the first block.
+  __device__ __forceinline__ const RawGroup& first() const { return first_; }
+  // Whether a group starts at block b (blocks are visited in increasing order).
+  __device__ __forceinline__ bool starts_at(int b) const { return b == next_block_; }
+  // The group that starts now; loads the one after it.
+  __device__ __forceinline__ RawGroup take_next() {
+    const RawGroup group = next_;
+    next_block_ += blocks_per_group_;
+    stream_.advance();
+    next_ = stream_.load();
+    return group;
+  }
+
+ private:
+  int blocks_per_group_, next_block_;
+  GroupStream<BITS> stream_;
+  RawGroup first_, next_;
 };
 
 __device__ __forceinline__ float raw_scale(const uint4& s, int c, FloatType type) {

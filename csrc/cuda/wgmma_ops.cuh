@@ -6,6 +6,7 @@
 // the asynchrony (a wgmma reads its registers and shared memory as late as its wait allows, or at issue).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 
@@ -146,40 +147,25 @@ __device__ __forceinline__ void fence_operand(uint64_t& r) {
 // clang-format on
 
 template <typename T>
-struct WgmmaOps;
+struct WgmmaOps {
+  static constexpr bool kHalf = std::is_same<T, __half>::value;  // else bf16
 
-template <>
-struct WgmmaOps<__half> {
   template <int N>
   static __device__ __forceinline__ void mma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc) {
+    static_assert(N == 64 || N == 128, "the kernel uses n64 and n128");
 #if defined(GPTQ_KERNELS_WGMMA_DEVICE)
-    if constexpr (N == 64) {
+    if constexpr (kHalf && N == 64) {
       GPTQ_WGMMA_M64N64K16("f16", d, a, desc);
-    } else {
-      static_assert(N == 128, "the kernel uses n64 and n128");
+    } else if constexpr (kHalf) {
       GPTQ_WGMMA_M64N128K16("f16", d, a, desc);
-    }
-#elif defined(GPTQ_KERNELS_EMULATION)
-    ::gptq_emulation::wgmma_m64nNk16(::gptq_emulation::MmaType::kHalf, N, d, a, desc);
-#elif defined(__CUDA_ARCH__)
-    __trap();
-#endif
-  }
-};
-
-template <>
-struct WgmmaOps<__nv_bfloat16> {
-  template <int N>
-  static __device__ __forceinline__ void mma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc) {
-#if defined(GPTQ_KERNELS_WGMMA_DEVICE)
-    if constexpr (N == 64) {
+    } else if constexpr (N == 64) {
       GPTQ_WGMMA_M64N64K16("bf16", d, a, desc);
     } else {
-      static_assert(N == 128, "the kernel uses n64 and n128");
       GPTQ_WGMMA_M64N128K16("bf16", d, a, desc);
     }
 #elif defined(GPTQ_KERNELS_EMULATION)
-    ::gptq_emulation::wgmma_m64nNk16(::gptq_emulation::MmaType::kBFloat16, N, d, a, desc);
+    ::gptq_emulation::wgmma_m64nNk16(kHalf ? ::gptq_emulation::MmaType::kHalf : ::gptq_emulation::MmaType::kBFloat16,
+                                     N, d, a, desc);
 #elif defined(__CUDA_ARCH__)
     __trap();
 #endif
