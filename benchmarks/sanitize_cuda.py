@@ -98,10 +98,11 @@ def main():
                         gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
                         weight = fragment if ops.has_fragment_order(bits) else w[0]
                         check(gemm(x, weight, w[1], w[2], None, bias, bits, group_size), x, w_t, bias)
-                    if rows > 16 and not act_order and ops.has_fragment_order(bits) and hopper:
+                    if rows > 16 and not act_order and bits != 8 and hopper:
                         os.environ["GPTQ_KERNELS_WGMMA"] = "1"  # read at every call
-                        check(ops.gemm_fragment_ordered(x, fragment, w[1], w[2], None, bias, bits, group_size),
-                              x, w_t, bias)
+                        gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
+                        weight = fragment if ops.has_fragment_order(bits) else w[0]
+                        check(gemm(x, weight, w[1], w[2], None, bias, bits, group_size), x, w_t, bias)
                         del os.environ["GPTQ_KERNELS_WGMMA"]
         print(f"sanitize_cuda: {bits}-bit done", flush=True)
     x = torch.randn(3, 576, device="cuda")

@@ -296,17 +296,20 @@ def _kernels_run(fn):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="the Hopper kernel (wgmma, sm_90a) runs on H100/H200 only")
-@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_gemm_hopper_kernel(bits, dtype, monkeypatch):
-    # GPTQ_KERNELS_WGMMA=1 (read at every call) sends 2- and 4-bit weights in fragment order without g_idx to the
-    # Hopper kernel from 17 rows (gemm_wgmma_kernel.cuh): 64-row tiles up to 64 rows, 128-row tiles above, rows
+    # GPTQ_KERNELS_WGMMA=1 (read at every call) sends 2- and 4-bit weights in fragment order and 3-bit weights
+    # without g_idx to the Hopper kernel from 17 rows (gemm_wgmma_kernel.cuh): 64-row tiles, 128-row tiles for
+    # 2 and 4 bits where they fill the GPU, rows
     # past M in the last tile; every group size it takes and scale dtype, a bias, N = 160 (a CTA whose last warps lie
     # past N), K = 1088 (17 blocks: the last stage's second block past K), rows of x 8 elements apart; and a 70B
     # down projection whose K is split over CTAs. The profiler checks the kernel really ran.
     monkeypatch.setenv("GPTQ_KERNELS_WGMMA", "1")
 
     def run(x, tensors, bias, group_size):
+        if bits == 3:
+            return ops.gemm(x, tensors["qweight"], tensors["qzeros"], tensors["scales"], None, bias, bits, group_size)
         return ops.gemm_fragment_ordered(x, ops.to_fragment_order(tensors["qweight"], bits), tensors["qzeros"],
                                          tensors["scales"], None, bias, bits, group_size)
 

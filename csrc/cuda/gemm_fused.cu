@@ -59,6 +59,15 @@ void launch_gemv_tc_bits(int bits, const FusedGemmParams& p, ActType type, dim3 
   }
 }
 
+cudaError_t launch_wgmma_bits(int bits, const FusedGemmParams& p, ActType type, int tile_rows, dim3 grid,
+                              cudaStream_t stream) {
+  switch (bits) {
+    case 2: return launch_gemm_wgmma<2>(p, type, tile_rows, grid, stream);
+    case 3: return launch_gemm_wgmma<3>(p, type, tile_rows, grid, stream);
+    default: return launch_gemm_wgmma<4>(p, type, tile_rows, grid, stream);
+  }
+}
+
 cudaError_t launch_mma_bits(int bits, const FusedGemmParams& p, ActType type, int mt, dim3 grid, cudaStream_t stream) {
   switch (bits) {
     case 2: return launch_mma<2>(p, type, mt, grid, stream);
@@ -77,18 +86,18 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
   const int64_t m = problem.m;
   if (!problem.half_activations || !problem.weight_aligned || m < 1) return plan;
   const bool mma = problem.mma_available && problem.x_aligned;
-  // 2- and 4-bit weights in fragment order, 3-bit in the checkpoint order (they have no other).
+  // 2- and 4-bit weights in fragment order, 3-bit in the checkpoint order (they have no other): what the kernels
+  // that decode into A fragments (tensor-core GEMV, Hopper kernel) read.
   const bool tc_layout = problem.bits == 3 ? !problem.fragment_order
                                            : (problem.bits == 2 || problem.bits == 4) && problem.fragment_order;
   const bool tensor_core_gemv = mma && problem.tensor_core_gemv && tc_layout && !problem.has_g_idx &&
                                 problem.scales_aligned &&
                                 gemv_tc_group_class(problem.group_size, problem.k, problem.bits) != 0;
-  const bool wgmma = mma && problem.wgmma_available && problem.fragment_order &&
-                     (problem.bits == 2 || problem.bits == 4) && !problem.has_g_idx && problem.scales_aligned &&
+  const bool wgmma = mma && problem.wgmma_available && tc_layout && !problem.has_g_idx && problem.scales_aligned &&
                      wgmma_takes_groups(problem.group_size);
   if (wgmma && m >= kWgmmaMinRows) {
     plan.path = GemmPath::kWgmma;
-    plan.wgmma_tile_rows = wgmma_tile_rows(m, problem.n, problem.sms);
+    plan.wgmma_tile_rows = wgmma_tile_rows(m, problem.n, problem.sms, problem.bits);
     plan.grid = dim3(static_cast<unsigned>((m + plan.wgmma_tile_rows - 1) / plan.wgmma_tile_rows),
                      static_cast<unsigned>((problem.n + kWgmmaColumns - 1) / kWgmmaColumns));
     split_k(plan, problem, kWgmmaCtasPerSm, kWgmmaMinBlocksPerCta, kWgmmaStageBlocks);
@@ -128,8 +137,7 @@ cudaError_t launch_fused_gemm(const GemmPlan& plan, int bits, const FusedGemmPar
   } else if (plan.path == GemmPath::kGemvTensorCore) {
     launch_gemv_tc_bits(bits, p, type, plan.grid, stream);
   } else if (plan.path == GemmPath::kWgmma) {
-    const cudaError_t error = bits == 2 ? launch_gemm_wgmma<2>(p, type, plan.wgmma_tile_rows, plan.grid, stream)
-                                        : launch_gemm_wgmma<4>(p, type, plan.wgmma_tile_rows, plan.grid, stream);
+    const cudaError_t error = launch_wgmma_bits(bits, p, type, plan.wgmma_tile_rows, plan.grid, stream);
     if (error != cudaSuccess) return error;
   } else {
     const cudaError_t error = launch_mma_bits(bits, p, type, plan.mma_tiles, plan.grid, stream);

@@ -12,18 +12,24 @@
 namespace gptq_kernels {
 namespace cuda {
 
+// 3-bit weights: lane t's pair P = 2s + h of a block (ThreeBitDecode: rows 8t + 2P, 8t + 2P + 1) is its A
+// fragment's k16 step s, half h, which the B operand holds at rows 16s + 8h + 2t.. of the block. So pair q = 4t + 2s
+// + h of the block's x (rows 2q, 2q + 1) goes to pair 8s + 4h + t of the tile: a rotation of the pair index by 2.
+__host__ __device__ constexpr int three_bit_tile_pair(int q) { return (q >> 1 & 1) << 3 | (q & 1) << 2 | q >> 2; }
+
 // TILE_ROWS: batch rows per CTA, the N of every wgmma (64 or 128).
 template <typename T, int BITS, int TILE_ROWS>
 __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_kernel(const FusedGemmParams p) {
 #if defined(__CUDA_ARCH__) && !defined(GPTQ_KERNELS_WGMMA_DEVICE)
   __trap();  // a build for another target: plan_gemm never launches this there
 #else
-  using Decode = InPlaceDecode<T, BITS>;
+  using Decode = std::conditional_t<BITS == 3, ThreeBitDecode<T>, InPlaceDecode<T, BITS>>;
   constexpr int kRun = Decode::kRun;
   constexpr int kAccum = TILE_ROWS / 2;  // floats per thread of one m64 x TILE_ROWS accumulator
   constexpr int kXBytes = TILE_ROWS * kSwizzleRowBytes;
-  constexpr int kWBytes = kWgmmaStageBlocks * kWgmmaThreads * 16;
-  constexpr int kStageBytes = wgmma_stage_bytes(TILE_ROWS);
+  constexpr int kLaneBytes = wgmma_lane_block_bytes(BITS);  // a thread's weights of one block
+  constexpr int kWBytes = kWgmmaStageBlocks * kWgmmaThreads * kLaneBytes;
+  constexpr int kStageBytes = wgmma_stage_bytes(TILE_ROWS, BITS);
   static_assert(kStageBytes == kXBytes + kWBytes && kXBytes % kSwizzleAtomBytes == 0 &&
                     kStageBytes % kSwizzleAtomBytes == 0,
                 "every stage's x tile must start on a swizzle atom");
@@ -31,6 +37,8 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
   constexpr int kPiecesPerRow = kSwizzleRowBytes / 16;                        // 8
   constexpr int kPieces = TILE_ROWS * kPiecesPerRow / kWgmmaThreads;          // x pieces per thread and stage
   static_assert(kPieces * kWgmmaThreads == TILE_ROWS * kPiecesPerRow, "x pieces must spread evenly");
+  constexpr int kPairsPerRow = kSwizzleRowBytes / 4;                          // 32 (3-bit: copied one by one)
+  constexpr int kPairs = TILE_ROWS * kPairsPerRow / kWgmmaThreads;
 
   // The stage buffers start on a 1024-byte boundary of the shared window, as the swizzle needs.
   unsigned char* const smem_raw = dynamic_shared_memory();
@@ -51,30 +59,48 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
   const int n0 = min(warp_n, p.n - 32) + 4 * fg;  // this lane's columns n0..n0+3
   const T* x = static_cast<const T*>(p.x);
 
-  // This lane's fragment-order word of every block for its 4 columns (4-bit: word t; 2-bit: word t / 2, half
-  // t % 2): 16 bytes per block, copied into the thread's own slot of the stage.
+  // This lane's words of every block for its 4 columns, copied into the thread's own slot of the stage: the
+  // fragment-order word (4-bit: word t; 2-bit: word t / 2, half t % 2), or (3-bit) the two words holding stream
+  // bits 24t..24t+23 (ThreeBitDecode), 16 bytes each.
   const int64_t block_stride = static_cast<int64_t>(BITS) * p.n;  // words from one block to the next
-  const uint32_t* const lane_words = p.qweight + static_cast<int64_t>(BITS == 4 ? ft : ft / 2) * p.n + n0;
+  const int first_word = BITS == 4 ? ft : BITS == 2 ? ft / 2 : 3 * ft / 4;
+  const uint32_t* const lane_words = p.qweight + static_cast<int64_t>(first_word) * p.n + n0;
+  const int64_t second_word = BITS == 3 ? static_cast<int64_t>(min(first_word + 1, 2) - first_word) * p.n : 0;
 
   // Copies stage `stage` (counted from kb_begin) into its buffer and commits a group, empty past kb_end so that
-  // the group count stays in step. x: piece c of row r at swizzled_piece_offset(r, c); rows past M and blocks past
-  // kb_end are zero-filled without a read.
+  // the group count stays in step. x: piece c of row r at swizzled_piece_offset(r, c) (3-bit: pair by pair, through
+  // three_bit_tile_pair); rows past M and blocks past kb_end are zero-filled without a read.
   auto copy_stage = [&](int stage) {
     const int first = kb_begin + stage * kWgmmaStageBlocks;
     if (first < kb_end) {
       unsigned char* const buffer = smem + (stage % kWgmmaStages) * kStageBytes;
+      const int64_t k_end = static_cast<int64_t>(kb_end) * core::kBlockValues;
+      if constexpr (BITS == 3) {
 #pragma unroll
-      for (int i = 0; i < kPieces; ++i) {
-        const int c = tid + i * kWgmmaThreads, r = c / kPiecesPerRow, piece = c % kPiecesPerRow;
-        const int64_t k = static_cast<int64_t>(first) * core::kBlockValues + piece * 8;
-        const bool valid = m0 + r < p.m && k < static_cast<int64_t>(kb_end) * core::kBlockValues;
-        cp_async_16(buffer + swizzled_piece_offset(r, piece), valid ? x + (m0 + r) * p.ldx + k : x, valid);
+        for (int i = 0; i < kPairs; ++i) {
+          const int c = tid + i * kWgmmaThreads, r = c / kPairsPerRow, pair = c % kPairsPerRow;
+          const int64_t k = static_cast<int64_t>(first) * core::kBlockValues + pair * 2;
+          const bool valid = m0 + r < p.m && k < k_end;
+          const int byte = 4 * ((pair & ~15) | three_bit_tile_pair(pair & 15));
+          cp_async_4(buffer + swizzled_piece_offset(r, byte / 16) + byte % 16, valid ? x + (m0 + r) * p.ldx + k : x,
+                     valid);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kPieces; ++i) {
+          const int c = tid + i * kWgmmaThreads, r = c / kPiecesPerRow, piece = c % kPiecesPerRow;
+          const int64_t k = static_cast<int64_t>(first) * core::kBlockValues + piece * 8;
+          const bool valid = m0 + r < p.m && k < k_end;
+          cp_async_16(buffer + swizzled_piece_offset(r, piece), valid ? x + (m0 + r) * p.ldx + k : x, valid);
+        }
       }
 #pragma unroll
       for (int b = 0; b < kWgmmaStageBlocks; ++b) {
         const bool valid = first + b < kb_end;
-        cp_async_16(buffer + kXBytes + (b * kWgmmaThreads + tid) * 16,
-                    valid ? lane_words + (first + b) * block_stride : p.qweight, valid);
+        unsigned char* const slot = buffer + kXBytes + (b * kWgmmaThreads + tid) * kLaneBytes;
+        const uint32_t* const words = valid ? lane_words + (first + b) * block_stride : p.qweight;
+        cp_async_16(slot, words, valid);
+        if constexpr (BITS == 3) cp_async_16(slot + 16, valid ? words + second_word : p.qweight, valid);
       }
     }
     cp_async_commit();
@@ -118,13 +144,25 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
   auto multiply_block = [&](auto set_constant, int b, int buffer, int slot) {
     constexpr int SET = decltype(set_constant)::value;
     if (groups.starts_at(b) && b < kb_end) start_group(groups.take_next());
-    const uint4 w = *reinterpret_cast<const uint4*>(smem + buffer * kStageBytes + kXBytes +
-                                                    (slot * kWgmmaThreads + tid) * 16);
+    const unsigned char* const lane_slot =
+        smem + buffer * kStageBytes + kXBytes + (slot * kWgmmaThreads + tid) * kLaneBytes;
+    const uint4 w = *reinterpret_cast<const uint4*>(lane_slot);
     const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-    uint32_t values[4][Decode::kValueRegs];  // column c's values, pair p at bits BITS p and 16 + BITS p
+    // Column c's values as Decode takes them: 2 and 4 bits, pair p at bits BITS p and 16 + BITS p (at 2 bits half
+    // t % 2 of the word, spread to bytes 0 and 2); 3 bits, the lane's 24 bits spread over two registers.
+    uint32_t values[4][Decode::kValueRegs];
+    if constexpr (BITS == 3) {
+      const uint4 u = *reinterpret_cast<const uint4*>(lane_slot + 16);
+      const uint32_t next_words[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      values[c][0] = BITS == 2 ? __byte_perm(words[c], 0u, ft % 2 ? 0x4342u : 0x4140u) : words[c];
+      for (int c = 0; c < 4; ++c) {
+        Decode::spread(__funnelshift_r(words[c], next_words[c], static_cast<unsigned>(24 * ft % 32)), values[c]);
+      }
+    } else {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        values[c][0] = BITS == 2 ? __byte_perm(words[c], 0u, ft % 2 ? 0x4342u : 0x4140u) : words[c];
+      }
     }
     // (q - zero) scale of pair p of column c: pairs 0 and 1 are step 0's registers for rows 2t.. and 2t + 8.., pairs
     // 2 and 3 step 1's; columns 2j and 2j + 1 are A rows g and g + 8 of tile j.
@@ -223,7 +261,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
 
 template <typename T, int BITS, int TILE_ROWS>
 cudaError_t launch_gemm_wgmma_tile(const FusedGemmParams& p, dim3 grid, cudaStream_t stream) {
-  constexpr size_t smem = wgmma_shared_bytes(TILE_ROWS);
+  constexpr size_t smem = wgmma_shared_bytes(TILE_ROWS, BITS);
   auto kernel = gemm_wgmma_kernel<T, BITS, TILE_ROWS>;
   // Above 48 KB of dynamic shared memory a kernel must opt in (a host-side attribute, no synchronisation).
   const cudaError_t error =
@@ -235,14 +273,18 @@ cudaError_t launch_gemm_wgmma_tile(const FusedGemmParams& p, dim3 grid, cudaStre
 
 template <typename T, int BITS>
 cudaError_t launch_gemm_wgmma_typed(const FusedGemmParams& p, int tile_rows, dim3 grid, cudaStream_t stream) {
-  return tile_rows == 64 ? launch_gemm_wgmma_tile<T, BITS, 64>(p, grid, stream)
-                         : launch_gemm_wgmma_tile<T, BITS, 128>(p, grid, stream);
+  if constexpr (BITS == 3) {
+    return launch_gemm_wgmma_tile<T, BITS, 64>(p, grid, stream);  // wgmma_tile_rows: 64 rows only
+  } else {
+    return tile_rows == 64 ? launch_gemm_wgmma_tile<T, BITS, 64>(p, grid, stream)
+                           : launch_gemm_wgmma_tile<T, BITS, 128>(p, grid, stream);
+  }
 }
 
 template <int BITS>
 cudaError_t launch_gemm_wgmma(const FusedGemmParams& p, ActType type, int tile_rows, dim3 grid,
                               cudaStream_t stream) {
-  static_assert(core::has_fragment_order(BITS), "the Hopper kernel reads 2- and 4-bit weights in fragment order");
+  static_assert(BITS == 2 || BITS == 3 || BITS == 4, "the Hopper kernel reads 2-, 3- and 4-bit weights");
   return type == ActType::kHalf ? launch_gemm_wgmma_typed<__half, BITS>(p, tile_rows, grid, stream)
                                 : launch_gemm_wgmma_typed<__nv_bfloat16, BITS>(p, tile_rows, grid, stream);
 }

@@ -23,6 +23,16 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
   ::gptq_emulation::cp_async(smem, gmem, 16, valid ? 16 : 0);
 #endif
 }
+// 4-byte asynchronous copy (through L1), for copies that scatter pairs of 16-bit values; valid == false as above.
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+#elif defined(GPTQ_KERNELS_EMULATION)
+  ::gptq_emulation::cp_async(smem, gmem, 4, valid ? 4 : 0);
+#endif
+}
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
