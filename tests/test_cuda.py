@@ -254,6 +254,15 @@ def test_gemm_fragment_ordered_matches_float64_reference(bits, dtype, group_size
         assert_close_to_reference(y, x, big_w_t)
 
 
+def gemm_as_quant_linear(x, tensors, bits, group_size, bias=None):
+    """gemm without g_idx on the layout QuantLinear keeps on CUDA: 2- and 4-bit weights in fragment order
+    (gemm_fragment_ordered), 3- and 8-bit in the checkpoint order (gemm)."""
+    if not ops.has_fragment_order(bits):
+        return ops.gemm(x, tensors["qweight"], tensors["qzeros"], tensors["scales"], None, bias, bits, group_size)
+    return ops.gemm_fragment_ordered(x, ops.to_fragment_order(tensors["qweight"], bits), tensors["qzeros"],
+                                     tensors["scales"], None, bias, bits, group_size)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_gemm_small_batches_without_g_idx(bits, dtype):
@@ -262,12 +271,6 @@ def test_gemm_small_batches_without_g_idx(bits, dtype):
     # multiples of 128 rows, one group), every scale dtype, a bias, N = 160 (a CTA whose last warps lie past N),
     # K = 1088 (two x stages, the second partial; groups of 256 end in a partial one) and rows of x 8 elements
     # apart from the next.
-    def run(x, tensors, bias, group_size):
-        if bits == 3:
-            return ops.gemm(x, tensors["qweight"], tensors["qzeros"], tensors["scales"], None, bias, bits, group_size)
-        return ops.gemm_fragment_ordered(x, ops.to_fragment_order(tensors["qweight"], bits), tensors["qzeros"],
-                                         tensors["scales"], None, bias, bits, group_size)
-
     k, n = 1088, 160
     for group_size, scale_dtype in ((32, dtype), (64, torch.float32), (128, torch.float16), (256, dtype),
                                     (-1, torch.bfloat16)):
@@ -277,13 +280,13 @@ def test_gemm_small_batches_without_g_idx(bits, dtype):
             x = storage[:, :k]
             bias = torch.randn(n, device="cuda").to(dtype) if rows % 2 else None
             poison_allocator()
-            assert_close_to_reference(run(x, tensors, bias, group_size), x, w_t, bias)
+            assert_close_to_reference(gemm_as_quant_linear(x, tensors, bits, group_size, bias), x, w_t, bias)
     # Long K, split over CTAs: 70B down-projection width.
     big, big_w_t = big_layer(28672, 1024, bits, 128)
     for rows in (1, 5, 13):
         x = torch.randn(rows, 28672, device="cuda", dtype=dtype)
         poison_allocator()
-        assert_close_to_reference(run(x, big, None, 128), x, big_w_t)
+        assert_close_to_reference(gemm_as_quant_linear(x, big, bits, 128), x, big_w_t)
 
 
 def _kernels_run(fn):
@@ -299,19 +302,12 @@ def _kernels_run(fn):
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_gemm_hopper_kernel(bits, dtype, monkeypatch):
-    # GPTQ_KERNELS_WGMMA=1 (read at every call) sends 2- and 4-bit weights in fragment order and 3-bit weights
-    # without g_idx to the Hopper kernel from 17 rows (gemm_wgmma_kernel.cuh): 64-row tiles, 128-row tiles for
-    # 2 and 4 bits where they fill the GPU, rows
+    # GPTQ_KERNELS_WGMMA=1 (read at every call) sends what QuantLinear runs without g_idx to the Hopper kernel from 17
+    # rows (gemm_wgmma_kernel.cuh): 64-row tiles, and 128-row tiles for 2 and 4 bits where they fill the GPU, rows
     # past M in the last tile; every group size it takes and scale dtype, a bias, N = 160 (a CTA whose last warps lie
     # past N), K = 1088 (17 blocks: the last stage's second block past K), rows of x 8 elements apart; and a 70B
     # down projection whose K is split over CTAs. The profiler checks the kernel really ran.
     monkeypatch.setenv("GPTQ_KERNELS_WGMMA", "1")
-
-    def run(x, tensors, bias, group_size):
-        if bits == 3:
-            return ops.gemm(x, tensors["qweight"], tensors["qzeros"], tensors["scales"], None, bias, bits, group_size)
-        return ops.gemm_fragment_ordered(x, ops.to_fragment_order(tensors["qweight"], bits), tensors["qzeros"],
-                                         tensors["scales"], None, bias, bits, group_size)
 
     k, n = 1088, 160
     for group_size, scale_dtype in ((32, dtype), (64, torch.float32), (128, torch.float16), (-1, torch.bfloat16)):
@@ -321,14 +317,15 @@ def test_gemm_hopper_kernel(bits, dtype, monkeypatch):
             x = storage[:, :k]
             bias = torch.randn(n, device="cuda").to(dtype) if rows % 2 else None
             poison_allocator()
-            assert_close_to_reference(run(x, tensors, bias, group_size), x, w_t, bias)
+            assert_close_to_reference(gemm_as_quant_linear(x, tensors, bits, group_size, bias), x, w_t, bias)
     x = torch.randn(300, k, device="cuda", dtype=dtype)
-    assert any("gemm_wgmma_kernel" in name for name in _kernels_run(lambda: run(x, tensors, None, -1)))
+    kernels = _kernels_run(lambda: gemm_as_quant_linear(x, tensors, bits, -1))
+    assert any("gemm_wgmma_kernel" in name for name in kernels), kernels
     big, big_w_t = big_layer(28672, 1024, bits, 128)
     for rows in (17, 256):
         x = torch.randn(rows, 28672, device="cuda", dtype=dtype)
         poison_allocator()
-        assert_close_to_reference(run(x, big, None, 128), x, big_w_t)
+        assert_close_to_reference(gemm_as_quant_linear(x, big, bits, 128), x, big_w_t)
 
 
 # ------------------------------------------------------------------------------------------ QuantLinear
