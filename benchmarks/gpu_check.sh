@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet; python3 with torch+CUDA, nvcc, pytest preinstalled):
-# builds the extension for sm_90a (H100/H200), runs the GPU tests, the benchmark, compute-sanitizer (memcheck and racecheck) on a
-# small script that runs every kernel (GPTQ and BCQ), the matmul tests without the tensor-core kernel, then with
+# builds the extension for sm_90a (H100/H200), checks the Hopper kernel's layout assumptions (wgmma_probe.cu), runs
+# the GPU tests, the benchmark, compute-sanitizer (memcheck and racecheck) on a small script that runs every kernel
+# (GPTQ and BCQ), the matmul tests without the tensor-core kernel, then with
 # whatever time is left a short rerun of the benchmark with the tensor-core kernel at batches 1-8
 # (small_batch_mma/) and the GPTQ quantizer comparison. Everything lands in $RESULTS (default ./gpu_results): one
 # log per phase, phases.log with timestamps, bench_cuda.{json,txt,png}.
@@ -80,6 +81,12 @@ fi
 if ! "$PY" -c "import torch; assert torch.cuda.is_available()" > /dev/null 2>&1; then
   phase "torch sees no GPU: the GPU tests below only skip"
   status=1
+fi
+# The layouts the Hopper kernel assumes, checked one by one on the hardware (a few seconds; says which one differs
+# when test_gemm_hopper_kernel fails). H100/H200 only.
+if "$PY" -c "import torch; assert torch.cuda.get_device_capability() == (9, 0)" > /dev/null 2>&1; then
+  run wgmma_probe 60 bash -c "$CUDA_HOME/bin/nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -I csrc \
+    benchmarks/wgmma_probe.cu -o '$RESULTS/wgmma_probe' && '$RESULTS/wgmma_probe'"
 fi
 # Every test marked cuda: tests/test_cuda.py (GPTQ ops, the Hopper kernel too) and tests/test_bcq_cuda.py
 # (binary-coded ops, BCQLinear). 200 s: never run on a GPU yet, and a phase cut short reports nothing.

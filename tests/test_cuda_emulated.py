@@ -202,6 +202,25 @@ def test_emulated_ldmatrix_yields_the_mma_a_fragment(harness, tmp_path):
     assert out.tolist() == expected
 
 
+def test_wgmma_probe_passes_on_the_emulator(tmp_path):
+    # benchmarks/wgmma_probe.cu checks on a GPU, one by one, the layouts the Hopper kernel assumes (A and accumulator
+    # registers; B through the descriptor and the swizzle, every k16 slice, N = 64 and 128). Built on the emulator it
+    # must pass as well: the kernel's helpers and the emulator's independent model of wgmma agree.
+    cxx = _compiler()
+    if cxx is None:
+        pytest.skip("needs g++ and the CUDA headers (CUDA_HOME)")
+    binary = tmp_path / "wgmma_probe"
+    flags = ["-std=c++17", "-O1", "-g", *_sanitizer_flags(cxx, tmp_path), f"-I{ROOT / 'csrc'}",
+             f"-I{CUDA_HOME / 'include'}", "-include", str(EMULATION / "cuda_emulator.h")]
+    built = subprocess.run([cxx, *flags, "-x", "c++", str(ROOT / "benchmarks" / "wgmma_probe.cu"), "-o", str(binary)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-4000:]
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
+    ran = subprocess.run([str(binary)], capture_output=True, text=True, env=env, timeout=300)
+    assert ran.returncode == 0 and "wgmma probe: every layout as assumed" in ran.stdout, ran.stdout + ran.stderr[-4000:]
+    assert ran.stdout.count(": ok") == 13, ran.stdout
+
+
 def test_emulator_reports_out_of_bounds_reads(harness, tmp_path):
     if "-fsanitize=address" not in (harness.parent / "flags.txt").read_text():
         pytest.skip("the compiler has no AddressSanitizer")
