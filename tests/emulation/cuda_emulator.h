@@ -346,7 +346,9 @@ inline void wgmma_m64nNk16(MmaType type, int n, float* d, const uint32_t (&a)[4]
 }
 // wgmma.commit_group and wgmma.wait_group N (N at most 7).
 inline void wgmma_commit_group() { detail::warpgroup_collective_call(detail::Collective::kWgmmaCommit, 0); }
-inline void wgmma_wait_group(int pending) { detail::warpgroup_collective_call(detail::Collective::kWgmmaWait, pending); }
+inline void wgmma_wait_group(int pending) {
+  detail::warpgroup_collective_call(detail::Collective::kWgmmaWait, pending);
+}
 
 namespace detail {
 
