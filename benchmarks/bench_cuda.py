@@ -245,7 +245,7 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
             nbytes[name] = gptq_bytes(k, n, 3, group_size)
         if hopper and batch >= WGMMA_MIN_BATCH:
             # The Hopper kernel (wgmma) on the same weights as "gptq N-bit", not yet what gemm picks by itself.
-            for bits in (2, 3, 4):
+            for bits in (2, 3, 4, 8):
                 if bits in ours:
                     name, layers = f"gptq {bits}-bit wgmma", ours[bits]
                     gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
@@ -289,13 +289,15 @@ def print_summary(results, copy_gbps, log):
     the copy bandwidth (the acceptance criteria of issue #4 read straight off this table)."""
     kernels = [k for k in ("torch int4 (bf16)", "gptq 2-bit", "gptq 3-bit", "gptq 4-bit", "gptq 8-bit",
                            "gptq 2-bit ckpt order", "gptq 3-bit g_idx", "gptq 4-bit ckpt order",
-                           "gptq 2-bit wgmma", "gptq 3-bit wgmma", "gptq 4-bit wgmma", "gptq 4-bit dequant+mm",
+                           "gptq 2-bit wgmma", "gptq 3-bit wgmma", "gptq 4-bit wgmma", "gptq 8-bit wgmma",
+                           "gptq 4-bit dequant+mm",
                            "bcq 2-plane",
                            "bcq 3-plane")
                if any(r["kernel"] == k for r in results)]
     short = {"torch int4 (bf16)": "int4", "gptq 2-bit": "2b", "gptq 3-bit": "3b", "gptq 4-bit": "4b", "gptq 8-bit": "8b",
              "gptq 2-bit ckpt order": "2b-ckpt", "gptq 3-bit g_idx": "3b-gidx", "gptq 4-bit ckpt order": "4b-ckpt",
              "gptq 2-bit wgmma": "2b-wg", "gptq 3-bit wgmma": "3b-wg", "gptq 4-bit wgmma": "4b-wg",
+             "gptq 8-bit wgmma": "8b-wg",
              "gptq 4-bit dequant+mm": "4b-dq",
              "bcq 2-plane": "bcq2", "bcq 3-plane": "bcq3"}
     log("\nsummary: speedup vs cuBLAS fp16 (fp16 column in us); 4b %copy = 4-bit weight GB/s / copy GB/s")

@@ -98,7 +98,7 @@ def main():
                         gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
                         weight = fragment if ops.has_fragment_order(bits) else w[0]
                         check(gemm(x, weight, w[1], w[2], None, bias, bits, group_size), x, w_t, bias)
-                    if rows > 16 and not act_order and bits != 8 and hopper:
+                    if rows > 16 and not act_order and hopper:
                         os.environ["GPTQ_KERNELS_WGMMA"] = "1"  # read at every call
                         gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
                         weight = fragment if ops.has_fragment_order(bits) else w[0]

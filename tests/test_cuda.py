@@ -299,11 +299,12 @@ def _kernels_run(fn):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="the Hopper kernel (wgmma, sm_90a) runs on H100/H200 only")
-@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_gemm_hopper_kernel(bits, dtype, monkeypatch):
     # GPTQ_KERNELS_WGMMA=1 (read at every call) sends what QuantLinear runs without g_idx to the Hopper kernel from 17
-    # rows (gemm_wgmma_kernel.cuh): 64-row tiles, and 128-row tiles for 2 and 4 bits where they fill the GPU, rows
+    # rows (gemm_wgmma_kernel.cuh), every bit width: 64-row tiles, and 128-row tiles for 2 and 4 bits where they fill
+    # the GPU, rows
     # past M in the last tile; every group size it takes and scale dtype, a bias, N = 160 (a CTA whose last warps lie
     # past N), K = 1088 (17 blocks: the last stage's second block past K), rows of x 8 elements apart; and a 70B
     # down projection whose K is split over CTAs. The profiler checks the kernel really ran.

@@ -7,8 +7,8 @@
 //    (gemv_tc_kernel.cuh) instead, which decodes two values per instruction pair and multiplies on the tensor
 //    cores (sm_80 and later; GPTQ_KERNELS_GEMV_TC=0 turns it off);
 //  * with GPTQ_KERNELS_WGMMA=1 on an H100/H200 (an sm_90a build): from 17 rows of fp16/bf16 x, 2- and 4-bit weights
-//    in fragment order and 3-bit weights without g_idx take the Hopper kernel (gemm_wgmma_kernel.cuh), wgmma with
-//    the decoded weights as the register operand; not yet the default, as no GPU has measured it;
+//    in fragment order and 3- and 8-bit weights without g_idx take the Hopper kernel (gemm_wgmma_kernel.cuh),
+//    wgmma with the decoded weights as the register operand; not yet the default, as no GPU has measured it;
 //  * fp16/bf16 x with up to 256 rows: the tensor-core kernel (gemm_mma_kernel.cuh), which decodes packed tiles
 //    from shared memory into its B fragments and multiplies them with mma.sync (sm_80 and later;
 //    GPTQ_KERNELS_NO_MMA=1 turns it off, and then up to 32 rows take the GEMV kernel in row tiles of 8);

@@ -64,7 +64,8 @@ cudaError_t launch_wgmma_bits(int bits, const FusedGemmParams& p, ActType type, 
   switch (bits) {
     case 2: return launch_gemm_wgmma<2>(p, type, tile_rows, grid, stream);
     case 3: return launch_gemm_wgmma<3>(p, type, tile_rows, grid, stream);
-    default: return launch_gemm_wgmma<4>(p, type, tile_rows, grid, stream);
+    case 4: return launch_gemm_wgmma<4>(p, type, tile_rows, grid, stream);
+    default: return launch_gemm_wgmma<8>(p, type, tile_rows, grid, stream);
   }
 }
 
@@ -93,7 +94,8 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
   const bool tensor_core_gemv = mma && problem.tensor_core_gemv && tc_layout && !problem.has_g_idx &&
                                 problem.scales_aligned &&
                                 gemv_tc_group_class(problem.group_size, problem.k, problem.bits) != 0;
-  const bool wgmma = mma && problem.wgmma_available && tc_layout && !problem.has_g_idx && problem.scales_aligned &&
+  const bool wgmma_layout = tc_layout || (problem.bits == 8 && !problem.fragment_order);
+  const bool wgmma = mma && problem.wgmma_available && wgmma_layout && !problem.has_g_idx && problem.scales_aligned &&
                      wgmma_takes_groups(problem.group_size);
   if (wgmma && m >= kWgmmaMinRows) {
     plan.path = GemmPath::kWgmma;

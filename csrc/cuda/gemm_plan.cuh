@@ -44,7 +44,8 @@ struct GemmProblem {
   // off, to compare it with the GEMV kernel.
   bool tensor_core_gemv = true;
   // The Hopper kernel (gemm_wgmma.cuh) may take batches from kWgmmaMinRows rows of 2- and 4-bit weights in
-  // fragment order and 3-bit weights: an sm_90a build on a compute capability 9.0 device, and GPTQ_KERNELS_WGMMA=1.
+  // fragment order and 3- and 8-bit weights: an sm_90a build on a compute capability 9.0 device, and
+  // GPTQ_KERNELS_WGMMA=1.
   bool wgmma_available = false;
 };
 

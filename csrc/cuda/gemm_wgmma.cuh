@@ -1,5 +1,5 @@
 // The Hopper kernel: y = x @ W^T (+ bias) for large batches with wgmma (sm_90a: H100, H200), 2- and 4-bit weights
-// in fragment order (core/fragment_order.h) or 3-bit weights in the checkpoint order, no g_idx, groups of a
+// in fragment order (core/fragment_order.h) or 3- and 8-bit weights in the checkpoint order, no g_idx, groups of a
 // multiple of 32 rows or one group (what QuantLinear runs on CUDA). Off unless
 // GPTQ_KERNELS_WGMMA=1 (read at every call, so a benchmark can compare it with the other paths in one process)
 // until a GPU run has measured it against the tensor-core kernel and dequantize + cuBLAS; see
@@ -13,9 +13,9 @@
 // The product is computed transposed, y^T = W x^T, as in the tensor-core GEMV (gemv_tc.cuh), whose lanes and decode
 // it shares (lane_decode.cuh): one warpgroup per CTA, 128 output columns (warp w: 32 of them, lane (g, t): 4),
 // decoded into A fragments in registers (m64 = the 4 warps' 16 A rows each). B is the tile of x (N = 64 or 128
-// batch rows) in the 128-byte swizzled K-major layout (wgmma_ops.cuh); for 3-bit weights, whose lanes decode rows
-// 8t..8t+7 of a block (ThreeBitDecode), the pairs of x are permuted within each block on their way into the tile
-// (4-byte copies) to match. Per 32-row block: the lane's words are decoded, times the group's scale, into two A
+// batch rows) in the 128-byte swizzled K-major layout (wgmma_ops.cuh); for 3- and 8-bit weights, whose lanes decode
+// rows 8t..8t+7 of a block (ThreeBitDecode, EightBitDecode), the pairs of x are permuted within each block on their
+// way into the tile (4-byte copies) to match. Per 32-row block: the lane's words are decoded, times the group's scale, into two A
 // tiles x two k16 steps (scales are folded into A, which rounds (q - zero) scale to the activation type once, as
 // the dequantize + cuBLAS path does), then 4 wgmmas into two accumulator sets of N / 2 floats. Decoding block b + 1
 // overlaps block b's wgmmas (two register sets of A, wgmma_wait<1> after each commit).
@@ -57,17 +57,17 @@ constexpr int64_t kWgmmaMinRows = 17;               // below, the small-batch ke
 // Batch rows per CTA (the wgmma's N): 128 (64 accumulators per thread per A tile, half the decode per product of
 // 64) when there are more than 64 rows and those tiles alone give every SM kWgmmaCtasPerSm CTAs; else 64, so that
 // a layer of a few hundred rows (e.g. 256 x 8192: 128 CTAs of 128 rows) still fills the GPU without split-K,
-// whose workspace would exceed kMaxSplitkWorkspaceBytes there. 3-bit weights always take 64: with 128 rows their
-// wider decode no longer fits the 255 registers (ptxas spills some 750 bytes per thread).
+// whose workspace would exceed kMaxSplitkWorkspaceBytes there. 3- and 8-bit weights always take 64: with 128 rows
+// their wider decode no longer fits the 255 registers (ptxas spills some 750 bytes per thread at 3 bits).
 __host__ __device__ constexpr int wgmma_tile_rows(int64_t m, int64_t n, int64_t sms, int bits) {
-  return bits != 3 && m > 64 &&
+  return bits != 3 && bits != 8 && m > 64 &&
                  ((m + 127) / 128) * ((n + kWgmmaColumns - 1) / kWgmmaColumns) >= sms * kWgmmaCtasPerSm
              ? 128
              : 64;
 }
 // Bytes of packed weights a thread copies per block: its word of 4 columns (2- and 4-bit), or the two words that
-// hold its 24 bits of them (3-bit).
-__host__ __device__ constexpr int wgmma_lane_block_bytes(int bits) { return bits == 3 ? 32 : 16; }
+// hold its 24 bits of them (3-bit), or its two words of them (8-bit).
+__host__ __device__ constexpr int wgmma_lane_block_bytes(int bits) { return bits == 3 || bits == 8 ? 32 : 16; }
 // Shared memory of one stage: the x tile (tile rows x 128 bytes) and each thread's weights of its blocks.
 __host__ __device__ constexpr int wgmma_stage_bytes(int tile_rows, int bits) {
   return tile_rows * 128 + kWgmmaStageBlocks * kWgmmaThreads * wgmma_lane_block_bytes(bits);

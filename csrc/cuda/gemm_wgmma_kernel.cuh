@@ -12,9 +12,10 @@
 namespace gptq_kernels {
 namespace cuda {
 
-// 3-bit weights: lane t's pair P = 2s + h of a block (ThreeBitDecode: rows 8t + 2P, 8t + 2P + 1) is its A
-// fragment's k16 step s, half h, which the B operand holds at rows 16s + 8h + 2t.. of the block. So pair q = 4t + 2s
-// + h of the block's x (rows 2q, 2q + 1) goes to pair 8s + 4h + t of the tile: a rotation of the pair index by 2.
+// 3- and 8-bit weights: lane t's pair P = 2s + h of a block (ThreeBitDecode, EightBitDecode: rows 8t + 2P,
+// 8t + 2P + 1) is its A fragment's k16 step s, half h, which the B operand holds at rows 16s + 8h + 2t.. of the
+// block. So pair q = 4t + 2s + h of the block's x (rows 2q, 2q + 1) goes to pair 8s + 4h + t of the tile: a rotation
+// of the pair index by 2.
 __host__ __device__ constexpr int three_bit_tile_pair(int q) { return (q >> 1 & 1) << 3 | (q & 1) << 2 | q >> 2; }
 
 // TILE_ROWS: batch rows per CTA, the N of every wgmma (64 or 128).
@@ -23,7 +24,9 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
 #if defined(__CUDA_ARCH__) && !defined(GPTQ_KERNELS_WGMMA_DEVICE)
   __trap();  // a build for another target: plan_gemm never launches this there
 #else
-  using Decode = std::conditional_t<BITS == 3, ThreeBitDecode<T>, InPlaceDecode<T, BITS>>;
+  using Decode = std::conditional_t<BITS == 3, ThreeBitDecode<T>,
+                                    std::conditional_t<BITS == 8, EightBitDecode<T>, InPlaceDecode<T, BITS>>>;
+  constexpr bool kPairedRows = BITS == 3 || BITS == 8;  // lanes decode rows 8t..8t+7: x's pairs are permuted
   constexpr int kRun = Decode::kRun;
   constexpr int kAccum = TILE_ROWS / 2;  // floats per thread of one m64 x TILE_ROWS accumulator
   constexpr int kXBytes = TILE_ROWS * kSwizzleRowBytes;
@@ -60,22 +63,24 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
   const T* x = static_cast<const T*>(p.x);
 
   // This lane's words of every block for its 4 columns, copied into the thread's own slot of the stage: the
-  // fragment-order word (4-bit: word t; 2-bit: word t / 2, half t % 2), or (3-bit) the two words holding stream
-  // bits 24t..24t+23 (ThreeBitDecode), 16 bytes each.
+  // fragment-order word (4-bit: word t; 2-bit: word t / 2, half t % 2), or two words, 16 bytes each: 3-bit, those
+  // holding stream bits 24t..24t+23 (ThreeBitDecode); 8-bit, words 2t and 2t + 1.
   const int64_t block_stride = static_cast<int64_t>(BITS) * p.n;  // words from one block to the next
-  const int first_word = BITS == 4 ? ft : BITS == 2 ? ft / 2 : 3 * ft / 4;
+  const int first_word = BITS == 4 ? ft : BITS == 2 ? ft / 2 : BITS == 3 ? 3 * ft / 4 : 2 * ft;
   const uint32_t* const lane_words = p.qweight + static_cast<int64_t>(first_word) * p.n + n0;
-  const int64_t second_word = BITS == 3 ? static_cast<int64_t>(min(first_word + 1, 2) - first_word) * p.n : 0;
+  const int64_t second_word = BITS == 3 ? static_cast<int64_t>(min(first_word + 1, 2) - first_word) * p.n
+                              : BITS == 8 ? p.n
+                                          : 0;
 
   // Copies stage `stage` (counted from kb_begin) into its buffer and commits a group, empty past kb_end so that
-  // the group count stays in step. x: piece c of row r at swizzled_piece_offset(r, c) (3-bit: pair by pair, through
-  // three_bit_tile_pair); rows past M and blocks past kb_end are zero-filled without a read.
+  // the group count stays in step. x: piece c of row r at swizzled_piece_offset(r, c) (3- and 8-bit: pair by pair,
+  // through three_bit_tile_pair); rows past M and blocks past kb_end are zero-filled without a read.
   auto copy_stage = [&](int stage) {
     const int first = kb_begin + stage * kWgmmaStageBlocks;
     if (first < kb_end) {
       unsigned char* const buffer = smem + (stage % kWgmmaStages) * kStageBytes;
       const int64_t k_end = static_cast<int64_t>(kb_end) * core::kBlockValues;
-      if constexpr (BITS == 3) {
+      if constexpr (kPairedRows) {
 #pragma unroll
         for (int i = 0; i < kPairs; ++i) {
           const int c = tid + i * kWgmmaThreads, r = c / kPairsPerRow, pair = c % kPairsPerRow;
@@ -100,7 +105,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
         unsigned char* const slot = buffer + kXBytes + (b * kWgmmaThreads + tid) * kLaneBytes;
         const uint32_t* const words = valid ? lane_words + (first + b) * block_stride : p.qweight;
         cp_async_16(slot, words, valid);
-        if constexpr (BITS == 3) cp_async_16(slot + 16, valid ? words + second_word : p.qweight, valid);
+        if constexpr (kPairedRows) cp_async_16(slot + 16, valid ? words + second_word : p.qweight, valid);
       }
     }
     cp_async_commit();
@@ -149,14 +154,19 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
     const uint4 w = *reinterpret_cast<const uint4*>(lane_slot);
     const uint32_t words[4] = {w.x, w.y, w.z, w.w};
     // Column c's values as Decode takes them: 2 and 4 bits, pair p at bits BITS p and 16 + BITS p (at 2 bits half
-    // t % 2 of the word, spread to bytes 0 and 2); 3 bits, the lane's 24 bits spread over two registers.
+    // t % 2 of the word, spread to bytes 0 and 2); 3 bits, the lane's 24 bits spread over two registers; 8 bits,
+    // the two words.
     uint32_t values[4][Decode::kValueRegs];
-    if constexpr (BITS == 3) {
+    if constexpr (kPairedRows) {
       const uint4 u = *reinterpret_cast<const uint4*>(lane_slot + 16);
       const uint32_t next_words[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        Decode::spread(__funnelshift_r(words[c], next_words[c], static_cast<unsigned>(24 * ft % 32)), values[c]);
+        if constexpr (BITS == 3) {
+          Decode::spread(__funnelshift_r(words[c], next_words[c], static_cast<unsigned>(24 * ft % 32)), values[c]);
+        } else {
+          values[c][0] = words[c], values[c][1] = next_words[c];
+        }
       }
     } else {
 #pragma unroll
@@ -164,20 +174,27 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
         values[c][0] = BITS == 2 ? __byte_perm(words[c], 0u, ft % 2 ? 0x4342u : 0x4140u) : words[c];
       }
     }
-    // (q - zero) scale of pair p of column c: pairs 0 and 1 are step 0's registers for rows 2t.. and 2t + 8.., pairs
-    // 2 and 3 step 1's; columns 2j and 2j + 1 are A rows g and g + 8 of tile j.
-    auto scaled = [&](uint32_t pair, int c) { return magic_fma<T>(pair, scale2[c], 0u); };
+    // (q - zero) scale of pair P of column c: pairs 0 and 1 are step 0's registers for rows 2t.. and 2t + 8..,
+    // pairs 2 and 3 step 1's; columns 2j and 2j + 1 are A rows g and g + 8 of tile j.
+    auto scaled = [&](auto pair, int c) -> uint32_t {
+      constexpr int P = decltype(pair)::value;
+      if constexpr (Decode::kScalesItself) {
+        return Decode::template decode_scaled<P>(values[c], offset[c], scale2[c]);
+      } else {
+        return magic_fma<T>(Decode::template decode<P>(values[c], multipliers, offset[c]), scale2[c], 0u);
+      }
+    };
+    using P0 = std::integral_constant<int, 0>;
+    using P1 = std::integral_constant<int, 1>;
+    using P2 = std::integral_constant<int, 2>;
+    using P3 = std::integral_constant<int, 3>;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int lo = 2 * j, hi = 2 * j + 1;
-      a[SET][j][0][0] = scaled(Decode::template decode<0>(values[lo], multipliers, offset[lo]), lo);
-      a[SET][j][0][1] = scaled(Decode::template decode<0>(values[hi], multipliers, offset[hi]), hi);
-      a[SET][j][0][2] = scaled(Decode::template decode<1>(values[lo], multipliers, offset[lo]), lo);
-      a[SET][j][0][3] = scaled(Decode::template decode<1>(values[hi], multipliers, offset[hi]), hi);
-      a[SET][j][1][0] = scaled(Decode::template decode<2>(values[lo], multipliers, offset[lo]), lo);
-      a[SET][j][1][1] = scaled(Decode::template decode<2>(values[hi], multipliers, offset[hi]), hi);
-      a[SET][j][1][2] = scaled(Decode::template decode<3>(values[lo], multipliers, offset[lo]), lo);
-      a[SET][j][1][3] = scaled(Decode::template decode<3>(values[hi], multipliers, offset[hi]), hi);
+      a[SET][j][0][0] = scaled(P0{}, lo), a[SET][j][0][1] = scaled(P0{}, hi);
+      a[SET][j][0][2] = scaled(P1{}, lo), a[SET][j][0][3] = scaled(P1{}, hi);
+      a[SET][j][1][0] = scaled(P2{}, lo), a[SET][j][1][1] = scaled(P2{}, hi);
+      a[SET][j][1][2] = scaled(P3{}, lo), a[SET][j][1][3] = scaled(P3{}, hi);
     }
     // The x tile's k16 slices 2 slot and 2 slot + 1 (32 bytes each into the swizzled rows).
     const uint32_t x_tile = smem_address + static_cast<uint32_t>(buffer * kStageBytes);
@@ -273,7 +290,7 @@ cudaError_t launch_gemm_wgmma_tile(const FusedGemmParams& p, dim3 grid, cudaStre
 
 template <typename T, int BITS>
 cudaError_t launch_gemm_wgmma_typed(const FusedGemmParams& p, int tile_rows, dim3 grid, cudaStream_t stream) {
-  if constexpr (BITS == 3) {
+  if constexpr (BITS == 3 || BITS == 8) {
     return launch_gemm_wgmma_tile<T, BITS, 64>(p, grid, stream);  // wgmma_tile_rows: 64 rows only
   } else {
     return tile_rows == 64 ? launch_gemm_wgmma_tile<T, BITS, 64>(p, grid, stream)
@@ -284,7 +301,7 @@ cudaError_t launch_gemm_wgmma_typed(const FusedGemmParams& p, int tile_rows, dim
 template <int BITS>
 cudaError_t launch_gemm_wgmma(const FusedGemmParams& p, ActType type, int tile_rows, dim3 grid,
                               cudaStream_t stream) {
-  static_assert(BITS == 2 || BITS == 3 || BITS == 4, "the Hopper kernel reads 2-, 3- and 4-bit weights");
+  static_assert(BITS == 2 || BITS == 3 || BITS == 4 || BITS == 8, "the Hopper kernel reads 2/3/4/8-bit weights");
   return type == ActType::kHalf ? launch_gemm_wgmma_typed<__half, BITS>(p, tile_rows, grid, stream)
                                 : launch_gemm_wgmma_typed<__nv_bfloat16, BITS>(p, tile_rows, grid, stream);
 }

@@ -105,7 +105,8 @@ __device__ __forceinline__ float raw_scale(const uint4& s, int c, FloatType type
 }
 
 // The magic-number form of a lane's 4 zero points (columns n0..n0+3 of the group): h[c] = magic + zero of column
-// c in both halves, as PositionedPairs::offsets takes it. qzeros stores zero points minus one.
+// c in both halves, as PositionedPairs::offsets takes it (8-bit bf16, where no magic number holds 8 bits: the zero
+// point alone, for EightBitDecode). qzeros stores zero points minus one.
 template <typename T, int BITS>
 __device__ __forceinline__ void lane_zero_points(const RawGroup& raw, int n0, uint32_t (&h)[4]) {
   if constexpr (BITS == 3) {
@@ -113,6 +114,12 @@ __device__ __forceinline__ void lane_zero_points(const RawGroup& raw, int n0, ui
     const uint32_t fields = __funnelshift_r(raw.zeros, raw.zeros_next, static_cast<unsigned>(shift));
 #pragma unroll
     for (int c = 0; c < 4; ++c) h[c] = (((fields >> (3 * c)) + 1u) & 7u) * 0x10001u | MagicPair<T>::kBits;
+  } else if constexpr (BITS == 8) {
+    const uint32_t zeros = raw.zeros + core::ones_per_field(BITS);  // the word of columns n0..n0+3
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      h[c] = (zeros >> (8 * c) & 0xffu) * 0x10001u | (MagicPair<T>::kHalf ? MagicPair<T>::kBits : 0u);
+    }
   } else {
     // The lane's 4 zero points at bits BITS c of both halves.
     const uint32_t zeros = (raw.zeros + core::ones_per_field(BITS)) >> GroupStream<BITS>::zero_shift(n0);
@@ -132,6 +139,7 @@ template <typename T, int BITS, int STEP, int RUN>
 struct PositionedPairs {
   using Magic = MagicPair<T>;
   static constexpr int kRun = RUN;
+  static constexpr bool kScalesItself = false;  // the caller multiplies decode's q - zero by the scale
   static_assert(STEP * (RUN - 1) + BITS <= Magic::kMantissaBits, "a value must fit the magic mantissa");
 
   // Multipliers (2^-position in both halves), built once.
@@ -209,6 +217,47 @@ struct ThreeBitDecode : PositionedPairs<T, 3, 6, pairs_in_place<T>(3, 6) < 2 ? p
                                                     const uint32_t (&multiplier)[kRun], const uint32_t (&offset)[kRun]) {
     constexpr int kPair = P % 2;  // which of the register's two pairs
     return Base::template decode_at<kPair % kRun, 6 * (kPair / kRun)>(values[P / 2], multiplier, offset);
+  }
+};
+
+// 8-bit weights in the checkpoint order: lane t takes rows 8t..8t+7 of a block, words 2t and 2t + 1 (4 values
+// each), and pairs them as (8t + 2p, 8t + 2p + 1) like ThreeBitDecode, so the same x fragment goes with them. fp16:
+// one byte permute puts a pair into the mantissas of two magic numbers 1024 + q (8 bits fit fp16's 10), and one
+// HFMA2 leaves q - zero exactly. bf16 keeps only 7 mantissa bits: there each value goes through fp32 (a byte
+// permute into 2^23 + q, then q - zero and the scale in fp32, one rounding to bf16), and decode_scaled applies the
+// scale itself.
+template <typename T>
+struct EightBitDecode {
+  static constexpr bool kHalf = MagicPair<T>::kHalf;
+  static constexpr int kRun = 1;
+  static constexpr int kValueRegs = 2;  // words 2t and 2t + 1
+  static constexpr bool kScalesItself = !kHalf;
+
+  static __device__ __forceinline__ void multipliers(uint32_t (&m)[kRun]) { m[0] = MmaOps<T>::pack2(1.f, 1.f); }
+  // From lane_zero_points' h: fp16, -(1024 + z) in both halves (exact); bf16, the float 2^23 + z.
+  static __device__ __forceinline__ void offsets(uint32_t h, uint32_t (&o)[kRun]) {
+    if constexpr (kHalf) {
+      o[0] = magic_fma<T>(h, MmaOps<T>::pack2(-1.f, -1.f), 0u);
+    } else {
+      o[0] = __float_as_uint(kMagicFloat + static_cast<float>(h & 0xffu));
+    }
+  }
+  // fp16: q - zero of pair P (bytes 2 (P % 2) and 2 (P % 2) + 1 of word P / 2).
+  template <int P>
+  static __device__ __forceinline__ uint32_t decode(const uint32_t (&values)[kValueRegs],
+                                                    const uint32_t (&multiplier)[kRun], const uint32_t (&offset)[kRun]) {
+    const uint32_t h = __byte_perm(values[P / 2], 0x64u, P % 2 ? 0x4342u : 0x4140u);
+    return magic_fma<T>(h, multiplier[0], offset[0]);
+  }
+  // bf16: (q - zero) scale of pair P, for the scale pair as the caller holds it (bf16 in both halves).
+  template <int P>
+  static __device__ __forceinline__ uint32_t decode_scaled(const uint32_t (&values)[kValueRegs],
+                                                           const uint32_t (&offset)[kRun], uint32_t scale2) {
+    constexpr uint32_t kLow = 0x7440u | (P % 2) * 2;  // byte b of the word under the exponent of 2^23
+    const float zero = __uint_as_float(offset[0]), scale = __uint_as_float(scale2 << 16);
+    const float lo = __uint_as_float(__byte_perm(values[P / 2], kMagicBits, kLow)) - zero;
+    const float hi = __uint_as_float(__byte_perm(values[P / 2], kMagicBits, kLow + 1)) - zero;
+    return MmaOps<T>::pack2(lo * scale, hi * scale);
   }
 };
 
