@@ -164,8 +164,10 @@ at::Tensor gemm_any_order(const char* op, bool fragment_order, const at::Tensor&
   problem.group_size = kernel_group_size(geo);
   problem.scales_aligned = reinterpret_cast<uintptr_t>(scales.data_ptr()) % 16 == 0;
   problem.tensor_core_gemv = gemv_tc_enabled();
-  // sm_90a code runs on compute capability 9.0 only.
-  problem.wgmma_available = kWgmmaBuilt && device.major == 9 && device.minor == 0 && wgmma_requested();
+  // sm_90a code runs on compute capability 9.0 only; the environment is read only for batches the kernel could take
+  // (not on every decode step).
+  problem.wgmma_available =
+      kWgmmaBuilt && device.major == 9 && device.minor == 0 && m >= kWgmmaMinRows && wgmma_requested();
   const GemmPlan plan = plan_gemm(problem);
   if (plan.path == GemmPath::kDequantizeThenGemm) {
     return dequantize_then_gemm(geo, x2, qweight, qzeros, scales, g_idx, bias, fragment_order).view(out_shape);

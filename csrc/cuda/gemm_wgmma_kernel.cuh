@@ -16,7 +16,7 @@ namespace cuda {
 // 8t + 2P + 1) is its A fragment's k16 step s, half h, which the B operand holds at rows 16s + 8h + 2t.. of the
 // block. So pair q = 4t + 2s + h of the block's x (rows 2q, 2q + 1) goes to pair 8s + 4h + t of the tile: a rotation
 // of the pair index by 2.
-__host__ __device__ constexpr int three_bit_tile_pair(int q) { return (q >> 1 & 1) << 3 | (q & 1) << 2 | q >> 2; }
+__host__ __device__ constexpr int paired_rows_tile_pair(int q) { return (q >> 1 & 1) << 3 | (q & 1) << 2 | q >> 2; }
 
 // TILE_ROWS: batch rows per CTA, the N of every wgmma (64 or 128).
 template <typename T, int BITS, int TILE_ROWS>
@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
   constexpr int kPiecesPerRow = kSwizzleRowBytes / 16;                        // 8
   constexpr int kPieces = TILE_ROWS * kPiecesPerRow / kWgmmaThreads;          // x pieces per thread and stage
   static_assert(kPieces * kWgmmaThreads == TILE_ROWS * kPiecesPerRow, "x pieces must spread evenly");
-  constexpr int kPairsPerRow = kSwizzleRowBytes / 4;                          // 32 (3-bit: copied one by one)
+  constexpr int kPairsPerRow = kSwizzleRowBytes / 4;                          // 32 (3, 8 bits: copied one by one)
   constexpr int kPairs = TILE_ROWS * kPairsPerRow / kWgmmaThreads;
 
   // The stage buffers start on a 1024-byte boundary of the shared window, as the swizzle needs.
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
 
   // Copies stage `stage` (counted from kb_begin) into its buffer and commits a group, empty past kb_end so that
   // the group count stays in step. x: piece c of row r at swizzled_piece_offset(r, c) (3- and 8-bit: pair by pair,
-  // through three_bit_tile_pair); rows past M and blocks past kb_end are zero-filled without a read.
+  // through paired_rows_tile_pair); rows past M and blocks past kb_end are zero-filled without a read.
   auto copy_stage = [&](int stage) {
     const int first = kb_begin + stage * kWgmmaStageBlocks;
     if (first < kb_end) {
@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
           const int c = tid + i * kWgmmaThreads, r = c / kPairsPerRow, pair = c % kPairsPerRow;
           const int64_t k = static_cast<int64_t>(first) * core::kBlockValues + pair * 2;
           const bool valid = m0 + r < p.m && k < k_end;
-          const int byte = 4 * ((pair & ~15) | three_bit_tile_pair(pair & 15));
+          const int byte = 4 * ((pair & ~15) | paired_rows_tile_pair(pair & 15));
           cp_async_4(buffer + swizzled_piece_offset(r, byte / 16) + byte % 16, valid ? x + (m0 + r) * p.ldx + k : x,
                      valid);
         }
@@ -151,29 +151,14 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
     if (groups.starts_at(b) && b < kb_end) start_group(groups.take_next());
     const unsigned char* const lane_slot =
         smem + buffer * kStageBytes + kXBytes + (slot * kWgmmaThreads + tid) * kLaneBytes;
+    // The lane's words of its 4 columns (3 and 8 bits: and the second word of each), and column c's values as
+    // Decode takes them.
     const uint4 w = *reinterpret_cast<const uint4*>(lane_slot);
-    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-    // Column c's values as Decode takes them: 2 and 4 bits, pair p at bits BITS p and 16 + BITS p (at 2 bits half
-    // t % 2 of the word, spread to bytes 0 and 2); 3 bits, the lane's 24 bits spread over two registers; 8 bits,
-    // the two words.
+    const uint4 u = kPairedRows ? *reinterpret_cast<const uint4*>(lane_slot + 16) : w;
+    const uint32_t words[4] = {w.x, w.y, w.z, w.w}, second_words[4] = {u.x, u.y, u.z, u.w};
     uint32_t values[4][Decode::kValueRegs];
-    if constexpr (kPairedRows) {
-      const uint4 u = *reinterpret_cast<const uint4*>(lane_slot + 16);
-      const uint32_t next_words[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        if constexpr (BITS == 3) {
-          Decode::spread(__funnelshift_r(words[c], next_words[c], static_cast<unsigned>(24 * ft % 32)), values[c]);
-        } else {
-          values[c][0] = words[c], values[c][1] = next_words[c];
-        }
-      }
-    } else {
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        values[c][0] = BITS == 2 ? __byte_perm(words[c], 0u, ft % 2 ? 0x4342u : 0x4140u) : words[c];
-      }
-    }
+    for (int c = 0; c < 4; ++c) Decode::lane_values(words[c], second_words[c], ft, values[c]);
     // (q - zero) scale of pair P of column c: pairs 0 and 1 are step 0's registers for rows 2t.. and 2t + 8..,
     // pairs 2 and 3 step 1's; columns 2j and 2j + 1 are A rows g and g + 8 of tile j.
     auto scaled = [&](auto pair, int c) -> uint32_t {

@@ -68,7 +68,6 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
   const int64_t block_stride = static_cast<int64_t>(BITS) * p.n;  // words from one block to the next
   const int first_word = BITS == 4 ? ft : BITS == 2 ? ft / 2 : 3 * ft / 4;
   const int64_t second_word = BITS == 3 ? static_cast<int64_t>(min(first_word + 1, 2) - first_word) * p.n : 0;
-  const int three_bit_shift = 24 * ft % 32;  // where the lane's 24 bits start in the first word
   const uint32_t* next_block =
       p.qweight + static_cast<int64_t>(kb_begin) * block_stride + static_cast<int64_t>(first_word) * p.n + n0;
   auto load_block = [&](uint32_t (&dst)[kRegsPerBlock]) {
@@ -90,18 +89,6 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
       for (int i = 0; i < kInFlight; ++i) {
         if (first + i < kb_end) load_block(dst[i]);
       }
-    }
-  };
-  // Lane t's values of column c of a block as Decode takes them. 2 and 4 bits: pair p at bits BITS p and
-  // 16 + BITS p (other bits are masked off); at 2 bits half t % 2 of the word, spread to bytes 0 and 2.
-  const uint32_t half_selector = ft % 2 ? 0x4342u : 0x4140u;
-  auto column_values = [&](const uint32_t (&w)[kRegsPerBlock], int c, uint32_t (&out)[Decode::kValueRegs]) {
-    if constexpr (BITS == 3) {
-      Decode::spread(__funnelshift_r(w[c], w[4 + c], static_cast<unsigned>(three_bit_shift)), out);
-    } else if constexpr (BITS == 2) {
-      out[0] = __byte_perm(w[c], 0u, half_selector);
-    } else {
-      out[0] = w[c];
     }
   };
 
@@ -164,7 +151,7 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
     }
     uint32_t values[4][Decode::kValueRegs];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) column_values(w, c, values[c]);
+    for (int c = 0; c < 4; ++c) Decode::lane_values(w[c], w[BITS == 3 ? 4 + c : c], ft, values[c]);
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       // A tile j: rows g and g + 8 are columns 4g + 2j and 4g + 2j + 1; pairs 2s and 2s + 1 are step s's

@@ -187,6 +187,13 @@ struct InPlaceDecode : PositionedPairs<T, BITS, BITS, pairs_in_place<T>(BITS, BI
   using Base::kRun;
   static constexpr int kValueRegs = 1;
 
+  // The lane's values of one column from its word of the block (the second word is not used): 2-bit, half t % 2
+  // of the word, spread to bytes 0 and 2.
+  static __device__ __forceinline__ void lane_values(uint32_t word, uint32_t, int lane_t,
+                                                     uint32_t (&out)[kValueRegs]) {
+    out[0] = BITS == 2 ? __byte_perm(word, 0u, lane_t % 2 ? 0x4342u : 0x4140u) : word;
+  }
+
   template <int P>
   static __device__ __forceinline__ uint32_t decode(const uint32_t (&values)[kValueRegs],
                                                     const uint32_t (&multiplier)[kRun], const uint32_t (&offset)[kRun]) {
@@ -207,8 +214,11 @@ struct ThreeBitDecode : PositionedPairs<T, 3, 6, pairs_in_place<T>(3, 6) < 2 ? p
   using Base::kRun;
   static constexpr int kValueRegs = 2;  // registers holding one column's 8 values after the permutes
 
-  // The lane's 24 bits v (bits above 23 are ignored) as the two registers decode takes.
-  static __device__ __forceinline__ void spread(uint32_t v, uint32_t (&out)[kValueRegs]) {
+  // The lane's values of one column, as the two registers decode takes, from the two words holding its 24 bits
+  // (from bit 24t % 32 of the first).
+  static __device__ __forceinline__ void lane_values(uint32_t first, uint32_t second, int lane_t,
+                                                     uint32_t (&out)[kValueRegs]) {
+    const uint32_t v = __funnelshift_r(first, second, static_cast<unsigned>(24 * lane_t % 32));  // bits 24+ ignored
     out[0] = __byte_perm(v, v << 13, 0x7610u);
     out[1] = __byte_perm(v >> 12, v << 1, 0x7610u);
   }
@@ -234,6 +244,11 @@ struct EightBitDecode {
   static constexpr bool kScalesItself = !kHalf;
 
   static __device__ __forceinline__ void multipliers(uint32_t (&m)[kRun]) { m[0] = MmaOps<T>::pack2(1.f, 1.f); }
+  // The lane's values of one column: its words 2t and 2t + 1 of the block, as they are.
+  static __device__ __forceinline__ void lane_values(uint32_t first, uint32_t second, int,
+                                                     uint32_t (&out)[kValueRegs]) {
+    out[0] = first, out[1] = second;
+  }
   // From lane_zero_points' h: fp16, -(1024 + z) in both halves (exact); bf16, the float 2^23 + z.
   static __device__ __forceinline__ void offsets(uint32_t h, uint32_t (&o)[kRun]) {
     if constexpr (kHalf) {
