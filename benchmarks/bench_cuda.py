@@ -55,7 +55,13 @@ ROTATE_BYTES = 128 << 20  # weight copies per contender fill at least this much:
 MIN_CALLS = 8             # calls per captured graph, so graph launch cost is spread thin
 DEQUANT_CONTENDER_MIN_BATCH = 64  # from here on the dequantize + cuBLAS path is timed too (4-bit)
 GEMV_TC_MAX_BATCH = 16  # up to here what QuantLinear runs without g_idx takes the tensor-core GEMV
-WGMMA_MIN_BATCH = 17  # from here the Hopper kernel takes 2- and 4-bit weights in fragment order when asked for
+WGMMA_MIN_BATCH = 17  # from here the Hopper kernel takes what QuantLinear runs without g_idx, when asked for
+
+
+def quant_linear_gemm(bits: int):
+    """The op QuantLinear runs on the GPU: gemm_fragment_ordered for 2- and 4-bit weights (random words are valid
+    weights in either order), gemm for 3- and 8-bit weights (checkpoint order)."""
+    return ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
 
 
 def with_env(name: str, value: str, fn):
@@ -219,9 +225,7 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
                 xb[i % len(xb)], int4[i % len(int4)][0], group_size, int4[i % len(int4)][1]), max(MIN_CALLS, len(int4)))
             nbytes["torch int4 (bf16)"] = int4_bytes
         for bits, layers in ours.items():
-            # What QuantLinear runs on the GPU: 2- and 4-bit weights in fragment order (random words are valid
-            # weights in either order), 3- and 8-bit in checkpoint order.
-            gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
+            gemm = quant_linear_gemm(bits)
             name = f"gptq {bits}-bit"
             contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: gemm(
                 xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), max(MIN_CALLS, len(layers)))
@@ -248,7 +252,7 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
             for bits in (2, 3, 4, 8):
                 if bits in ours:
                     name, layers = f"gptq {bits}-bit wgmma", ours[bits]
-                    gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
+                    gemm = quant_linear_gemm(bits)
                     contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: with_env(
                         "GPTQ_KERNELS_WGMMA", "1", lambda: gemm(
                             xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size)),

@@ -86,24 +86,24 @@ def main():
                 d = ops.dequantize(w[0], w[1], w[2].to(dtype), w[3], bits, group_size)
                 assert torch.isfinite(d).all()
             bias = torch.randn(n, device="cuda", dtype=torch.float16)
-            fragment = ops.to_fragment_order(w[0], bits) if ops.has_fragment_order(bits) else None
+            # The layout QuantLinear keeps on the GPU: 2- and 4-bit weights in fragment order, 3- and 8-bit as stored.
+            fragment_order = ops.has_fragment_order(bits)
+            ql_gemm = ops.gemm_fragment_ordered if fragment_order else ops.gemm
+            ql_weight = ops.to_fragment_order(w[0], bits) if fragment_order else w[0]
             for rows in (1, 2, 3, 8, 9, 20, 40, 100, 300):
                 for dtype in ((torch.float16, torch.bfloat16) if rows in (1, 20) else (torch.float16,)):
                     x = torch.randn(rows, k, device="cuda", dtype=dtype)
                     check(ops.gemm(x, *w, bias, bits, group_size), x, w_t, bias)
                     check(ops.gemm(x, *w, None, bits, group_size), x, w_t)
-                    if ops.has_fragment_order(bits):  # the layout QuantLinear uses on the GPU
-                        check(ops.gemm_fragment_ordered(x, fragment, *w[1:], bias, bits, group_size), x, w_t, bias)
-                    if rows <= 16 and not act_order and bits != 8:  # no g_idx: the tensor-core GEMV
-                        gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
-                        weight = fragment if ops.has_fragment_order(bits) else w[0]
-                        check(gemm(x, weight, w[1], w[2], None, bias, bits, group_size), x, w_t, bias)
-                    if rows > 16 and not act_order and hopper:
-                        os.environ["GPTQ_KERNELS_WGMMA"] = "1"  # read at every call
-                        gemm = ops.gemm_fragment_ordered if ops.has_fragment_order(bits) else ops.gemm
-                        weight = fragment if ops.has_fragment_order(bits) else w[0]
-                        check(gemm(x, weight, w[1], w[2], None, bias, bits, group_size), x, w_t, bias)
-                        del os.environ["GPTQ_KERNELS_WGMMA"]
+                    if fragment_order:
+                        check(ql_gemm(x, ql_weight, *w[1:], bias, bits, group_size), x, w_t, bias)
+                    # No g_idx: the tensor-core GEMV up to 16 rows; from 17 on an H100/H200, the Hopper kernel
+                    # (asked for through GPTQ_KERNELS_WGMMA, which gemm reads at every call).
+                    if not act_order and (rows <= 16 and bits != 8 or rows > 16 and hopper):
+                        if rows > 16:
+                            os.environ["GPTQ_KERNELS_WGMMA"] = "1"
+                        check(ql_gemm(x, ql_weight, w[1], w[2], None, bias, bits, group_size), x, w_t, bias)
+                        os.environ.pop("GPTQ_KERNELS_WGMMA", None)
         print(f"sanitize_cuda: {bits}-bit done", flush=True)
     x = torch.randn(3, 576, device="cuda")
     w = layer(576, 96, 4, 128)
