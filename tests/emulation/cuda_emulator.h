@@ -323,14 +323,7 @@ inline uint32_t shared_address(const void* p) { return detail::Runtime::get().sh
 inline void wgmma_fence() {}
 
 namespace detail {
-inline void warpgroup_collective_call(Collective op, int lane_arg) {
-  Runtime& rt = Runtime::get();
-  Fiber& f = rt.self();
-  f.op = op;
-  f.mask = 0xffffffffu;
-  f.lane_arg = lane_arg;
-  rt.yield(Wait::kCollective);
-}
+inline uint32_t collective(Collective op, unsigned mask, uint32_t value, int lane_arg);  // below
 }  // namespace detail
 
 // wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16} with A from registers: queued for the warpgroup (run now
@@ -342,12 +335,12 @@ inline void wgmma_m64nNk16(MmaType type, int n, float* d, const uint32_t (&a)[4]
   f.wg_a = a;
   f.wg_desc = desc;
   f.wg_n = n;
-  detail::warpgroup_collective_call(detail::Collective::kWgmma, 0);
+  detail::collective(detail::Collective::kWgmma, 0xffffffffu, 0, 0);
 }
 // wgmma.commit_group and wgmma.wait_group N (N at most 7).
-inline void wgmma_commit_group() { detail::warpgroup_collective_call(detail::Collective::kWgmmaCommit, 0); }
+inline void wgmma_commit_group() { detail::collective(detail::Collective::kWgmmaCommit, 0xffffffffu, 0, 0); }
 inline void wgmma_wait_group(int pending) {
-  detail::warpgroup_collective_call(detail::Collective::kWgmmaWait, pending);
+  detail::collective(detail::Collective::kWgmmaWait, 0xffffffffu, 0, pending);
 }
 
 namespace detail {
