@@ -63,6 +63,14 @@ def _sanitizer_flags(cxx, workdir):
     return []
 
 
+def _emulator_flags(cxx, workdir):
+    """g++ flags that compile CUDA sources for the emulator: C++17, sanitizers where they work, the project's and
+    CUDA's headers, cuda_emulator.h forced in first."""
+    return ["-std=c++17", "-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-Wno-unknown-pragmas",
+            *_sanitizer_flags(cxx, workdir),
+            f"-I{ROOT / 'csrc'}", f"-I{CUDA_HOME / 'include'}", "-include", str(EMULATION / "cuda_emulator.h")]
+
+
 @pytest.fixture(scope="session")
 def harness():
     """The emulator harness, built once per source state (cached under build/emulation)."""
@@ -80,9 +88,7 @@ def harness():
     if binary.exists():
         return binary
     workdir.mkdir(parents=True, exist_ok=True)
-    flags = ["-std=c++17", "-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-Wno-unknown-pragmas",
-             *_sanitizer_flags(cxx, workdir),
-             f"-I{ROOT / 'csrc'}", f"-I{CUDA_HOME / 'include'}", "-include", str(EMULATION / "cuda_emulator.h")]
+    flags = _emulator_flags(cxx, workdir)
 
     def compile_one(source):
         obj = workdir / (source.name + ".o")
@@ -210,9 +216,7 @@ def test_wgmma_probe_passes_on_the_emulator(tmp_path):
     if cxx is None:
         pytest.skip("needs g++ and the CUDA headers (CUDA_HOME)")
     binary = tmp_path / "wgmma_probe"
-    flags = ["-std=c++17", "-O1", "-g", *_sanitizer_flags(cxx, tmp_path), f"-I{ROOT / 'csrc'}",
-             f"-I{CUDA_HOME / 'include'}", "-include", str(EMULATION / "cuda_emulator.h")]
-    built = subprocess.run([cxx, *flags, "-x", "c++", str(ROOT / "benchmarks" / "wgmma_probe.cu"), "-o", str(binary)],
+    built = subprocess.run([cxx, *_emulator_flags(cxx, tmp_path), "-x", "c++", str(ROOT / "benchmarks" / "wgmma_probe.cu"), "-o", str(binary)],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-4000:]
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
