@@ -17,6 +17,10 @@ dequant+mm" what gemm does past 256 rows (dequantize, then cuBLAS).
     python benchmarks/bench_cuda.py                                   # everything (a few minutes on an H100)
     python benchmarks/bench_cuda.py --shapes 8192x8192 --batches 1,16 --bits 4
     python benchmarks/bench_cuda.py --max-minutes 4 --out /tmp/results
+    python benchmarks/bench_cuda.py --report gpu_results/bench_cuda.json   # render a saved run again, no GPU
+
+The report ends with issue #4's speed targets at 8192 x 8192 and larger (benchmarks/cuda_report.py), each judged at
+its worst shape, for what QuantLinear runs and for our fastest contender there.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import machine_header, write_json  # noqa: E402
+from cuda_report import describe, print_table, report  # noqa: E402
 
 import gptq_kernels  # noqa: E402
 from gptq_kernels import ops  # noqa: E402
@@ -281,72 +286,6 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
     return results
 
 
-def print_table(results, copy_gbps, log):
-    log(f"\n{'shape':>12} {'batch':>5} {'kernel':<22}{'us':>10}{'vs fp16':>9}{'GB/s':>8}{'%copy':>7}")
-    for r in results:
-        log(f"{r['k']:>6}x{r['n']:<5} {r['batch']:>5} {r['kernel']:<22}{r['us']:>10.1f}{r['speedup_vs_fp16']:>8.2f}x"
-            f"{r['weight_gbps']:>8.0f}{100 * r['weight_gbps'] / copy_gbps:>6.0f}%")
-
-
-def print_summary(results, copy_gbps, log):
-    """One line per shape and batch: speedup of every contender over cuBLAS fp16, and the 4-bit kernel's share of
-    the copy bandwidth (the acceptance criteria of issue #4 read straight off this table)."""
-    kernels = [k for k in ("torch int4 (bf16)", "gptq 2-bit", "gptq 3-bit", "gptq 4-bit", "gptq 8-bit",
-                           "gptq 2-bit ckpt order", "gptq 3-bit g_idx", "gptq 4-bit ckpt order",
-                           "gptq 2-bit wgmma", "gptq 3-bit wgmma", "gptq 4-bit wgmma", "gptq 8-bit wgmma",
-                           "gptq 4-bit dequant+mm",
-                           "bcq 2-plane",
-                           "bcq 3-plane")
-               if any(r["kernel"] == k for r in results)]
-    short = {"torch int4 (bf16)": "int4", "gptq 2-bit": "2b", "gptq 3-bit": "3b", "gptq 4-bit": "4b", "gptq 8-bit": "8b",
-             "gptq 2-bit ckpt order": "2b-ckpt", "gptq 3-bit g_idx": "3b-gidx", "gptq 4-bit ckpt order": "4b-ckpt",
-             "gptq 2-bit wgmma": "2b-wg", "gptq 3-bit wgmma": "3b-wg", "gptq 4-bit wgmma": "4b-wg",
-             "gptq 8-bit wgmma": "8b-wg",
-             "gptq 4-bit dequant+mm": "4b-dq",
-             "bcq 2-plane": "bcq2", "bcq 3-plane": "bcq3"}
-    log("\nsummary: speedup vs cuBLAS fp16 (fp16 column in us); 4b %copy = 4-bit weight GB/s / copy GB/s")
-    log(f"{'shape':>12} {'batch':>5} {'fp16 us':>9}" + "".join(f"{short[k]:>8}" for k in kernels) + f"{'4b %copy':>10}")
-    by_key = {}
-    for r in results:
-        by_key.setdefault((r["k"], r["n"], r["batch"]), {})[r["kernel"]] = r
-    for (k, n, batch), row in by_key.items():
-        cells = "".join(f"{row[name]['speedup_vs_fp16']:>7.2f}x" if name in row else f"{'-':>8}" for name in kernels)
-        pct = f"{100 * row['gptq 4-bit']['weight_gbps'] / copy_gbps:>9.0f}%" if "gptq 4-bit" in row else f"{'-':>10}"
-        log(f"{k:>6}x{n:<5} {batch:>5} {row['cuBLAS fp16']['us']:>9.1f}{cells}{pct}")
-
-
-def plot(results, path, log):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("(matplotlib is not installed: no plot)")
-        return
-    shapes = sorted({(r["k"], r["n"]) for r in results})
-    cols = min(4, len(shapes))
-    rows = -(-len(shapes) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, (k, n) in zip(axes.flat, shapes):
-        kernels = sorted({r["kernel"] for r in results if (r["k"], r["n"]) == (k, n) and r["kernel"] != "cuBLAS fp16"})
-        for kernel in kernels:
-            pts = sorted((r["batch"], r["speedup_vs_fp16"]) for r in results
-                         if (r["k"], r["n"], r["kernel"]) == (k, n, kernel))
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=kernel)
-        ax.axhline(1.0, color="gray", linewidth=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"K={k} N={n}", fontsize=9)
-        ax.set_xlabel("batch")
-        ax.set_ylabel("speedup vs cuBLAS fp16")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(shapes):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    log(f"plot: {path}")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES.values()),
@@ -359,30 +298,45 @@ def main():
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds per contender (medians reported)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop starting new measurements after this long (the rest is reported as skipped)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-                        help="directory for bench_cuda.json, bench_cuda.png and bench_cuda.txt")
+    parser.add_argument("--out", default=None,
+                        help="directory for bench_cuda.json, bench_cuda.png and bench_cuda.txt (default "
+                             "benchmarks/results, or with --report the directory of its JSON)")
+    parser.add_argument("--report", metavar="JSON", default=None,
+                        help="measure nothing: render the table, summary, plot and issue #4 targets of a saved "
+                             "bench_cuda.json again (no GPU needed), e.g. of a run stopped before its end")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("no CUDA GPU")
-    if not ops.has_kernel("cuda"):
-        sys.exit("the extension has no CUDA kernels: build it with CUDA_HOME set (see setup.py)")
-    os.makedirs(args.out, exist_ok=True)
     lines = []
 
     def log(line=""):
         print(line, flush=True)
         lines.append(line)
 
+    if args.report:
+        with open(args.report) as f:
+            run = json.load(f)
+        out = args.out or os.path.dirname(os.path.abspath(args.report))
+        os.makedirs(out, exist_ok=True)
+        for line in describe(run):
+            log(line)
+        log(f"(rendered from {args.report}; measured with: {run.get('command', '?')})")
+        report(run, out, log)
+        with open(os.path.join(out, "bench_cuda.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return
+    if not torch.cuda.is_available():
+        sys.exit("no CUDA GPU")
+    if not ops.has_kernel("cuda"):
+        sys.exit("the extension has no CUDA kernels: build it with CUDA_HOME set (see setup.py)")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(out, exist_ok=True)
+
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else float("inf")
-    header = machine_header(torch.get_num_threads())
-    header["device"] = torch.cuda.get_device_name()
-    header["torch"] = torch.__version__
-    copy_gbps = copy_bandwidth() / 1e9
-    log(f"gptq_kernels {gptq_kernels.__version__} CUDA benchmark | {header['device']} | commit {header['commit']} | "
-        f"{header['date']} | torch {torch.__version__} (CUDA {torch.version.cuda})")
-    log(f"device-to-device copy bandwidth: {copy_gbps:.0f} GB/s; group_size={args.group_size}; fp16 activations "
-        f"(bf16 for torch int4); medians of {args.rounds} interleaved rounds of CUDA-graph replays")
-    results = []
+    run = machine_header(torch.get_num_threads())
+    run.update(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
+               version=gptq_kernels.__version__, copy_gbps=copy_bandwidth() / 1e9, group_size=args.group_size,
+               rounds=args.rounds, command=" ".join(sys.argv), results=[])
+    for line in describe(run):
+        log(line)
     bits_list = [int(b) for b in args.bits.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     for shape in args.shapes.split(","):
@@ -390,17 +344,15 @@ def main():
         log(f"K={k} N={n} ...")
         bcq_planes = [int(p) for p in args.bcq_planes.split(",") if p] if ops.has_kernel("cuda", "bcq_gemm") else []
         shape_results = bench_shape(k, n, batches, bits_list, args.group_size, args.rounds, deadline, log, bcq_planes)
-        print_table(shape_results, copy_gbps, log)
-        results += shape_results
+        print_table(shape_results, run["copy_gbps"], log)
+        run["results"] += shape_results
         torch.cuda.empty_cache()
         # Rewritten after every shape, so a run stopped from outside (a time limit) keeps what it measured.
-        write_json(os.path.join(args.out, "bench_cuda.json"),
-                   {**header, "copy_gbps": copy_gbps, "group_size": args.group_size, "command": " ".join(sys.argv),
-                    "results": results})
-    plot(results, os.path.join(args.out, "bench_cuda.png"), log)
-    log(f"results: {os.path.join(args.out, 'bench_cuda.json')}")
-    print_summary(results, copy_gbps, log)
-    with open(os.path.join(args.out, "bench_cuda.txt"), "w") as f:
+        write_json(os.path.join(out, "bench_cuda.json"), run)
+    log(f"results: {os.path.join(out, 'bench_cuda.json')}")
+    run["targets"] = report(run, out, log, table=False)
+    write_json(os.path.join(out, "bench_cuda.json"), run)
+    with open(os.path.join(out, "bench_cuda.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 

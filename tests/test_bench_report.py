@@ -1,0 +1,103 @@
+"""The report of benchmarks/bench_cuda.py (benchmarks/cuda_report.py): which of issue #4's speed targets a run
+meets is read off these verdicts, so they are checked here on made-up measurements, without a GPU."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import cuda_report  # noqa: E402
+
+
+def make_rows(times):
+    """Result rows from {(k, n, batch): {kernel: microseconds}}, with the speedups bench_cuda.py computes."""
+    rows = []
+    for (k, n, batch), kernels in times.items():
+        for kernel, us in kernels.items():
+            rows.append({"k": k, "n": n, "batch": batch, "kernel": kernel, "us": us,
+                         "speedup_vs_fp16": kernels["cuBLAS fp16"] / us, "weight_gbps": 1.0, "cuda_graph": True})
+    random.shuffle(rows)  # the verdicts must not depend on the order of the rows
+    return rows
+
+
+def target(checked, name):
+    (found,) = [c for c in checked if c["target"] == name]
+    return found
+
+
+def test_targets_are_judged_at_the_worst_large_shape():
+    fp16 = 100.0
+    rows = make_rows({
+        # Below 8192 x 8192 weights: not a target shape, however slow.
+        (4096, 4096, 1): {"cuBLAS fp16": fp16, "gptq 4-bit": fp16 / 1.5},
+        (8192, 8192, 1): {"cuBLAS fp16": fp16, "gptq 4-bit": fp16 / 3.8},
+        (8192, 28672, 1): {"cuBLAS fp16": fp16, "gptq 4-bit": fp16 / 3.4},
+        (28672, 8192, 1): {"cuBLAS fp16": fp16, "gptq 4-bit": fp16 / 3.9},
+    })
+    c = target(cuda_report.check_targets(rows), "4-bit, batch 1, vs cuBLAS fp16")
+    assert c["shapes"] == 3
+    assert c["default"][0] == pytest.approx(3.4) and c["default"][1] == "8192x28672"
+    assert c["default_holds"] is False
+    rows = [r for r in rows if (r["k"], r["n"]) != (8192, 28672)]
+    c = target(cuda_report.check_targets(rows), "4-bit, batch 1, vs cuBLAS fp16")
+    assert c["shapes"] == 2 and c["default"][1] == "8192x8192" and c["default_holds"] is True
+
+
+def test_best_contender_is_judged_apart_from_the_default():
+    fp16 = 50.0
+    rows = make_rows({
+        (8192, 8192, 256): {"cuBLAS fp16": fp16, "gptq 3-bit": fp16 / 0.8, "gptq 3-bit wgmma": fp16 / 1.2},
+        (8192, 28672, 256): {"cuBLAS fp16": fp16, "gptq 3-bit": fp16 / 0.95, "gptq 3-bit wgmma": fp16 / 1.1,
+                             "gptq 3-bit g_idx": fp16 / 1.05, "gptq 4-bit wgmma": fp16 / 2.0,
+                             "bcq 3-plane": fp16 / 3.0},
+    })
+    c = target(cuda_report.check_targets(rows), "3-bit, batch 256, vs cuBLAS fp16")
+    assert c["default"][0] == pytest.approx(0.8) and c["default_holds"] is False
+    # The best at each shape, then the worst of those: other bit widths and the BCQ kernel do not count.
+    assert c["best"][0] == pytest.approx(1.1)
+    assert c["best"][1:] == ("8192x28672", "gptq 3-bit wgmma")
+    assert c["best_holds"] is True
+
+
+def test_bounds_and_strictness():
+    fp16 = 10.0
+    rows = make_rows({
+        (8192, 8192, 1024): {"cuBLAS fp16": fp16, "gptq 8-bit": fp16 / 0.9, "torch int4 (bf16)": 4.0,
+                             "gptq 4-bit": 4.0},
+        (8192, 8192, 1): {"cuBLAS fp16": fp16, "torch int4 (bf16)": 4.0, "gptq 4-bit": 3.0},
+    })
+    checked = cuda_report.check_targets(rows)
+    assert target(checked, "8-bit, batch 1024, vs cuBLAS fp16")["default_holds"] is True  # "not below 0.9x"
+    int4 = target(checked, "4-bit, every batch, vs torch int4")
+    # "Faster than PyTorch's int4 kernel": a tie at batch 1024 is not faster, whatever batch 1 shows.
+    assert int4["default"][0] == pytest.approx(1.0) and int4["default"][1] == "8192x8192 batch 1024"
+    assert int4["default_holds"] is False
+    # Nothing measured: no verdict rather than a pass.
+    c = target(checked, "2-bit, batch 1, vs cuBLAS fp16")
+    assert c["default"] is None and c["default_holds"] is None and c["shapes"] == 0
+
+
+def test_report_renders_a_saved_run_without_a_gpu(tmp_path):
+    fp16 = 40.0
+    rows = make_rows({
+        (8192, 8192, 1): {"cuBLAS fp16": fp16, "gptq 2-bit": fp16 / 5.5, "gptq 4-bit": fp16 / 3.7},
+        (8192, 8192, 16): {"cuBLAS fp16": fp16, "gptq 4-bit": fp16 / 3.1},
+    })
+    run = {"date": "2026-01-01 00:00 UTC", "commit": "abc1234", "device": "made-up GPU", "torch": "x", "cuda": "y",
+           "version": "0", "copy_gbps": 4000.0, "group_size": 128, "rounds": 10, "command": "bench_cuda.py",
+           "results": rows}
+    path = tmp_path / "bench_cuda.json"
+    path.write_text(json.dumps(run))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_cuda.py"), "--report", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "bench_cuda.txt").read_text()
+    assert "made-up GPU" in text and "commit abc1234" in text
+    lines = {line.split("  ")[0]: line for line in text.splitlines() if "vs cuBLAS fp16" in line}
+    assert "MISS" in lines["2-bit, batch 1, vs cuBLAS fp16"] and "5.50x" in lines["2-bit, batch 1, vs cuBLAS fp16"]
+    assert " ok " in lines["4-bit, batch 16, vs cuBLAS fp16"]
