@@ -121,7 +121,7 @@ def main():
         "1 thread: thread CPU time, more: wall time; in brackets: time / time of the uniform kernel of the same bits")
     bits_list = [int(b) for b in args.bits.split(",")]
     columns = ["F.linear fp32"] + [name for b in bits_list for name in (f"gptq {b}-bit", f"bcq {b}-plane")]
-    log(f"\n| K x N | batch | threads | " + " | ".join(columns) + " |")
+    log("\n| K x N | batch | threads | " + " | ".join(columns) + " |")
     log("|" + "---|" * (3 + len(columns)))
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):

@@ -18,6 +18,7 @@ dequant+mm" what gemm does past 256 rows (dequantize, then cuBLAS).
     python benchmarks/bench_cuda.py --shapes 8192x8192 --batches 1,16 --bits 4
     python benchmarks/bench_cuda.py --max-minutes 4 --out /tmp/results
     python benchmarks/bench_cuda.py --report gpu_results/bench_cuda.json   # render a saved run again, no GPU
+    python benchmarks/bench_cuda.py --dry-run --shapes 576x96 --batches 1,300  # the contenders' calls, on the CPU
 
 The report ends with issue #4's speed targets at 8192 x 8192 and larger (benchmarks/cuda_report.py), each judged at
 its worst shape, for what QuantLinear runs and for our fastest contender there.
@@ -104,12 +105,12 @@ def copy_bandwidth() -> float:
     return 2 * (1 << 30) / statistics.median(times)
 
 
-def random_gptq(k: int, n: int, bits: int, group_size: int):
+def random_gptq(k: int, n: int, bits: int, group_size: int, device="cuda"):
     """Random words are valid packed weights and zeros for any bit width; the values do not matter for speed."""
     groups = -(-k // group_size)
-    qweight = torch.randint(-2**31, 2**31 - 1, (k * bits // 32, n), dtype=torch.int32, device="cuda")
-    qzeros = torch.randint(-2**31, 2**31 - 1, (groups, n * bits // 32), dtype=torch.int32, device="cuda")
-    scales = (torch.rand(groups, n, device="cuda") * 0.01 + 0.001).half()
+    qweight = torch.randint(-2**31, 2**31 - 1, (k * bits // 32, n), dtype=torch.int32, device=device)
+    qzeros = torch.randint(-2**31, 2**31 - 1, (groups, n * bits // 32), dtype=torch.int32, device=device)
+    scales = (torch.rand(groups, n, device=device) * 0.01 + 0.001).half()
     return qweight, qzeros, scales
 
 
@@ -118,12 +119,12 @@ def gptq_bytes(k: int, n: int, bits: int, group_size: int) -> int:
     return k * n * bits // 8 + groups * n * 2 + groups * n * bits // 8
 
 
-def random_bcq(k: int, n: int, planes: int, group_size: int):
+def random_bcq(k: int, n: int, planes: int, group_size: int, device="cuda"):
     """Random sign planes, alpha and offset of a binary-coded (BCQ) layer; the values do not matter for speed."""
     groups = -(-k // group_size)
-    qplanes = torch.randint(-2**31, 2**31 - 1, (planes, k // 32, n), dtype=torch.int32, device="cuda")
-    alpha = (torch.rand(groups, planes, n, device="cuda") * 0.01 + 0.001).half()
-    offset = (torch.randn(groups, n, device="cuda") * 0.01).half()
+    qplanes = torch.randint(-2**31, 2**31 - 1, (planes, k // 32, n), dtype=torch.int32, device=device)
+    alpha = (torch.rand(groups, planes, n, device=device) * 0.01 + 0.001).half()
+    offset = (torch.randn(groups, n, device=device) * 0.01).half()
     return qplanes, alpha, offset
 
 
@@ -132,29 +133,29 @@ def bcq_bytes(k: int, n: int, planes: int, group_size: int) -> int:
     return k * n * planes // 8 + groups * n * 2 * (planes + 1)
 
 
-def int4mm_weights(k: int, n: int, group_size: int, copies: int):
+def int4mm_weights(k: int, n: int, group_size: int, copies: int, device="cuda"):
     """PyTorch's tinygemm int4 weights, or the reason they cannot be built. The packing op changed signature
     across versions (int32 [N, K] before 2.5, uint8 [N, K/2] after), so both are tried."""
     inner_k_tiles = 8
     made, last_error = [], None
     for _ in range(copies):
-        w = torch.randint(0, 16, (n, k), dtype=torch.int32, device="cuda")
+        w = torch.randint(0, 16, (n, k), dtype=torch.int32, device=device)
         packed = None
         for candidate in (lambda: ((w[:, ::2] << 4) | w[:, 1::2]).to(torch.uint8), lambda: w):
             try:
                 packed = torch.ops.aten._convert_weight_to_int4pack(candidate(), inner_k_tiles)
                 break
             except (RuntimeError, TypeError, AttributeError) as error:
-                last_error = error
+                last_error = str(error).splitlines()[0][:200]
         if packed is None:
             return None, f"_convert_weight_to_int4pack failed: {last_error}"
-        scales_zeros = torch.rand(k // group_size, n, 2, device="cuda").to(torch.bfloat16)
+        scales_zeros = torch.rand(k // group_size, n, 2, device=device).to(torch.bfloat16)
         made.append((packed, scales_zeros))
     try:
-        torch.ops.aten._weight_int4pack_mm(torch.randn(1, k, device="cuda", dtype=torch.bfloat16), made[0][0],
+        torch.ops.aten._weight_int4pack_mm(torch.randn(1, k, device=device, dtype=torch.bfloat16), made[0][0],
                                            group_size, made[0][1])
     except (RuntimeError, TypeError, AttributeError) as error:
-        return None, f"_weight_int4pack_mm failed: {error}"
+        return None, f"_weight_int4pack_mm failed: {str(error).splitlines()[0][:200]}"
     return made, None
 
 
@@ -199,82 +200,100 @@ def time_contenders(contenders, rounds: int, warmup: int = 2):
     return {name: statistics.median(v) for name, v in samples.items()}, {n: g for n, (_, _, g) in runners.items()}
 
 
+class ShapeWeights:
+    """The weights every contender of one K x N layer reads, each in as many copies as rotate the L2 cache
+    (`copies`: bytes -> count; one each in a dry run)."""
+
+    def __init__(self, k, n, bits_list, group_size, bcq_planes, device, copies, log):
+        self.k, self.n, self.group_size = k, n, group_size
+        self.fp16_bytes = k * n * 2
+        self.dense = [torch.randn(n, k, device=device, dtype=torch.float16) for _ in range(copies(self.fp16_bytes))]
+        self.ours = {bits: [random_gptq(k, n, bits, group_size, device)
+                            for _ in range(copies(gptq_bytes(k, n, bits, group_size)))] for bits in bits_list}
+        self.bcq = {planes: [random_bcq(k, n, planes, group_size, device)
+                             for _ in range(copies(bcq_bytes(k, n, planes, group_size)))] for planes in bcq_planes}
+        self.int4_bytes = k * n // 2 + (k // group_size) * n * 4
+        self.int4, int4_error = (None, "4-bit not benchmarked") if 4 not in bits_list else \
+            int4mm_weights(k, n, group_size, copies(self.int4_bytes), device)
+        if int4_error:
+            log(f"  (torch int4 kernel skipped: {int4_error})")
+        # The sequential g_idx of the "gptq 3-bit g_idx" contender.
+        self.g_idx3 = torch.arange(k, device=device, dtype=torch.int32) // (k if group_size == -1 else group_size)
+
+
+def batch_contenders(w: ShapeWeights, xs, hopper: bool):
+    """Every contender at one batch (the rows of xs, rotated over its copies): name -> (fn(i), calls per graph), and
+    name -> weight bytes read per call."""
+    k, n, group_size, batch = w.k, w.n, w.group_size, xs[0].shape[0]
+    contenders, nbytes = {}, {}
+    calls = max(MIN_CALLS, len(w.dense))
+    contenders["cuBLAS fp16"] = (lambda i: F.linear(xs[i % len(xs)], w.dense[i % len(w.dense)]), calls)
+    nbytes["cuBLAS fp16"] = w.fp16_bytes
+    if w.int4 is not None:
+        xb = [x.bfloat16() for x in xs]
+        int4 = w.int4
+        contenders["torch int4 (bf16)"] = (lambda i: torch.ops.aten._weight_int4pack_mm(
+            xb[i % len(xb)], int4[i % len(int4)][0], group_size, int4[i % len(int4)][1]), max(MIN_CALLS, len(int4)))
+        nbytes["torch int4 (bf16)"] = w.int4_bytes
+    for bits, layers in w.ours.items():
+        gemm = quant_linear_gemm(bits)
+        name = f"gptq {bits}-bit"
+        contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: gemm(
+            xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), max(MIN_CALLS, len(layers)))
+        nbytes[name] = gptq_bytes(k, n, bits, group_size)
+    for bits in (2, 4):
+        # The same weights in checkpoint order: what fragment order gains. Up to 16 rows that is the
+        # tensor-core GEMV (fragment order only) against the GEMV kernel (1-8 rows) or the tensor-core kernel
+        # (9-16); from 17 rows the tensor-core kernel reading either order (4-bit only there, to save time).
+        if bits in w.ours and (bits == 4 or batch <= GEMV_TC_MAX_BATCH):
+            name, layers = f"gptq {bits}-bit ckpt order", w.ours[bits]
+            contenders[name] = (lambda i, layers=layers, bits=bits: ops.gemm(
+                xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size),
+                max(MIN_CALLS, len(layers)))
+            nbytes[name] = gptq_bytes(k, n, bits, group_size)
+    if 3 in w.ours and batch <= GEMV_TC_MAX_BATCH:
+        # 3-bit weights have no other order: passing their (sequential) g_idx, which the tensor-core GEMV does
+        # not take, runs the GEMV kernel (1-8 rows) or the tensor-core kernel (9-16) on the same weights.
+        name, layers = "gptq 3-bit g_idx", w.ours[3]
+        contenders[name] = (lambda i, layers=layers: ops.gemm(
+            xs[i % len(xs)], *layers[i % len(layers)], w.g_idx3, None, 3, group_size), max(MIN_CALLS, len(layers)))
+        nbytes[name] = gptq_bytes(k, n, 3, group_size)
+    if hopper and batch >= WGMMA_MIN_BATCH:
+        # The Hopper kernel (wgmma) on the same weights as "gptq N-bit", not yet what gemm picks by itself.
+        for bits in (2, 3, 4, 8):
+            if bits in w.ours:
+                name, layers = f"gptq {bits}-bit wgmma", w.ours[bits]
+                gemm = quant_linear_gemm(bits)
+                contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: with_env(
+                    "GPTQ_KERNELS_WGMMA", "1", lambda: gemm(
+                        xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size)),
+                    max(MIN_CALLS, len(layers)))
+                nbytes[name] = gptq_bytes(k, n, bits, group_size)
+    if 4 in w.ours and batch >= DEQUANT_CONTENDER_MIN_BATCH:
+        # What gemm does past the tensor-core kernel's range (dequantize, then cuBLAS), timed next to it:
+        # where the two cross is where gemm_fused.cu's kMmaMaxRows belongs.
+        name, layers = "gptq 4-bit dequant+mm", w.ours[4]
+        contenders[name] = (lambda i, layers=layers: xs[i % len(xs)] @ ops.dequantize(
+            *layers[i % len(layers)][:3], None, 4, group_size), max(MIN_CALLS, len(layers)))
+        nbytes[name] = gptq_bytes(k, n, 4, group_size)
+    for planes, layers in w.bcq.items():
+        name = f"bcq {planes}-plane"
+        contenders[name] = (lambda i, layers=layers: ops.bcq_gemm(
+            xs[i % len(xs)], *layers[i % len(layers)], None, group_size), max(MIN_CALLS, len(layers)))
+        nbytes[name] = bcq_bytes(k, n, planes, group_size)
+    return contenders, nbytes
+
+
 def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq_planes=()):
-    fp16_bytes = k * n * 2
-    dense = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(copies_for(fp16_bytes))]
-    ours = {bits: [random_gptq(k, n, bits, group_size) for _ in range(copies_for(gptq_bytes(k, n, bits, group_size)))]
-            for bits in bits_list}
-    bcq = {planes: [random_bcq(k, n, planes, group_size)
-                    for _ in range(copies_for(bcq_bytes(k, n, planes, group_size)))] for planes in bcq_planes}
-    int4_bytes = k * n // 2 + (k // group_size) * n * 4
-    int4, int4_error = (None, "4-bit not benchmarked") if 4 not in bits_list else \
-        int4mm_weights(k, n, group_size, copies_for(int4_bytes))
-    if int4_error:
-        log(f"  (torch int4 kernel skipped: {int4_error})")
-    # The sequential g_idx of the "gptq 3-bit g_idx" contender.
-    g_idx3 = torch.arange(k, device="cuda", dtype=torch.int32) // (k if group_size == -1 else group_size)
+    w = ShapeWeights(k, n, bits_list, group_size, bcq_planes, "cuda", copies_for, log)
     hopper = torch.cuda.get_device_capability() == (9, 0)  # the wgmma contenders (sm_90a code runs on 9.0 only)
     results = []
     for batch in batches:
         if time.time() > deadline:
             log(f"  (time budget spent: skipping K={k} N={n} batch={batch} and later)")
             break
-        contenders, nbytes = {}, {}
         xs = [torch.randn(batch, k, device="cuda", dtype=torch.float16) for _ in range(4)]
-        calls = max(MIN_CALLS, len(dense))
-        contenders["cuBLAS fp16"] = (lambda i: F.linear(xs[i % len(xs)], dense[i % len(dense)]), calls)
-        nbytes["cuBLAS fp16"] = fp16_bytes
-        if int4 is not None:
-            xb = [x.bfloat16() for x in xs]
-            contenders["torch int4 (bf16)"] = (lambda i: torch.ops.aten._weight_int4pack_mm(
-                xb[i % len(xb)], int4[i % len(int4)][0], group_size, int4[i % len(int4)][1]), max(MIN_CALLS, len(int4)))
-            nbytes["torch int4 (bf16)"] = int4_bytes
-        for bits, layers in ours.items():
-            gemm = quant_linear_gemm(bits)
-            name = f"gptq {bits}-bit"
-            contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: gemm(
-                xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), max(MIN_CALLS, len(layers)))
-            nbytes[name] = gptq_bytes(k, n, bits, group_size)
-        for bits in (2, 4):
-            # The same weights in checkpoint order: what fragment order gains. Up to 16 rows that is the
-            # tensor-core GEMV (fragment order only) against the GEMV kernel (1-8 rows) or the tensor-core kernel
-            # (9-16); from 17 rows the tensor-core kernel reading either order (4-bit only there, to save time).
-            if bits in ours and (bits == 4 or batch <= GEMV_TC_MAX_BATCH):
-                name, layers = f"gptq {bits}-bit ckpt order", ours[bits]
-                contenders[name] = (lambda i, layers=layers, bits=bits: ops.gemm(
-                    xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size),
-                    max(MIN_CALLS, len(layers)))
-                nbytes[name] = gptq_bytes(k, n, bits, group_size)
-        if 3 in ours and batch <= GEMV_TC_MAX_BATCH:
-            # 3-bit weights have no other order: passing their (sequential) g_idx, which the tensor-core GEMV does
-            # not take, runs the GEMV kernel (1-8 rows) or the tensor-core kernel (9-16) on the same weights.
-            name, layers = "gptq 3-bit g_idx", ours[3]
-            contenders[name] = (lambda i, layers=layers: ops.gemm(
-                xs[i % len(xs)], *layers[i % len(layers)], g_idx3, None, 3, group_size), max(MIN_CALLS, len(layers)))
-            nbytes[name] = gptq_bytes(k, n, 3, group_size)
-        if hopper and batch >= WGMMA_MIN_BATCH:
-            # The Hopper kernel (wgmma) on the same weights as "gptq N-bit", not yet what gemm picks by itself.
-            for bits in (2, 3, 4, 8):
-                if bits in ours:
-                    name, layers = f"gptq {bits}-bit wgmma", ours[bits]
-                    gemm = quant_linear_gemm(bits)
-                    contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: with_env(
-                        "GPTQ_KERNELS_WGMMA", "1", lambda: gemm(
-                            xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size)),
-                        max(MIN_CALLS, len(layers)))
-                    nbytes[name] = gptq_bytes(k, n, bits, group_size)
-        if 4 in ours and batch >= DEQUANT_CONTENDER_MIN_BATCH:
-            # What gemm does past the tensor-core kernel's range (dequantize, then cuBLAS), timed next to it:
-            # where the two cross is where gemm_fused.cu's kMmaMaxRows belongs.
-            name, layers = "gptq 4-bit dequant+mm", ours[4]
-            contenders[name] = (lambda i, layers=layers: xs[i % len(xs)] @ ops.dequantize(
-                *layers[i % len(layers)][:3], None, 4, group_size), max(MIN_CALLS, len(layers)))
-            nbytes[name] = gptq_bytes(k, n, 4, group_size)
-        for planes, layers in bcq.items():
-            name = f"bcq {planes}-plane"
-            contenders[name] = (lambda i, layers=layers: ops.bcq_gemm(
-                xs[i % len(xs)], *layers[i % len(layers)], None, group_size), max(MIN_CALLS, len(layers)))
-            nbytes[name] = bcq_bytes(k, n, planes, group_size)
+        contenders, nbytes = batch_contenders(w, xs, hopper)
         times, graphed = time_contenders(contenders, rounds)
         base = times["cuBLAS fp16"]
         for name, t in times.items():
@@ -284,6 +303,25 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
         del contenders
         torch.cuda.empty_cache()
     return results
+
+
+def dry_run(shapes, batches, bits_list, group_size, bcq_planes, log):
+    """Every contender bench_shape would time, built on the CPU (one copy of each weight) and called twice, its
+    output checked for shape and finiteness: the benchmark's own code paths, checked without a GPU. Times nothing;
+    the wgmma contenders are included (the CPU op ignores GPTQ_KERNELS_WGMMA)."""
+    for k, n in shapes:
+        w = ShapeWeights(k, n, bits_list, group_size, bcq_planes, "cpu", lambda nbytes: 1, log)
+        for batch in batches:
+            xs = [torch.randn(batch, k, dtype=torch.float16) for _ in range(2)]
+            contenders, nbytes = batch_contenders(w, xs, hopper=True)
+            for name, (fn, calls) in contenders.items():
+                for i in range(2):
+                    y = fn(i)
+                    if tuple(y.shape) != (batch, n) or not torch.isfinite(y).all():
+                        raise RuntimeError(f"{name} at K={k} N={n} batch={batch}: output {tuple(y.shape)}, "
+                                           f"finite: {bool(torch.isfinite(y).all())}")
+                assert calls >= MIN_CALLS and nbytes[name] > 0
+            log(f"dry run K={k} N={n} batch={batch}: " + ", ".join(contenders))
 
 
 def main():
@@ -304,7 +342,14 @@ def main():
     parser.add_argument("--report", metavar="JSON", default=None,
                         help="measure nothing: render the table, summary, plot and issue #4 targets of a saved "
                              "bench_cuda.json again (no GPU needed), e.g. of a run stopped before its end")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="time nothing: build every contender on the CPU and call it, to check the benchmark's "
+                             "code on a machine without a GPU (use small --shapes)")
     args = parser.parse_args()
+    shapes = [tuple(int(v) for v in shape.lower().split("x")) for shape in args.shapes.split(",")]
+    bits_list = [int(b) for b in args.bits.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    bcq_planes = [int(p) for p in args.bcq_planes.split(",") if p]
     lines = []
 
     def log(line=""):
@@ -323,6 +368,10 @@ def main():
         with open(os.path.join(out, "bench_cuda.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
         return
+    if args.dry_run:
+        dry_run(shapes, batches, bits_list, args.group_size,
+                bcq_planes if ops.has_kernel("cpu", "bcq_gemm") else [], log)
+        return
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU")
     if not ops.has_kernel("cuda"):
@@ -337,12 +386,10 @@ def main():
                rounds=args.rounds, command=" ".join(sys.argv), results=[])
     for line in describe(run):
         log(line)
-    bits_list = [int(b) for b in args.bits.split(",")]
-    batches = [int(b) for b in args.batches.split(",")]
-    for shape in args.shapes.split(","):
-        k, n = (int(v) for v in shape.lower().split("x"))
+    if not ops.has_kernel("cuda", "bcq_gemm"):
+        bcq_planes = []
+    for k, n in shapes:
         log(f"K={k} N={n} ...")
-        bcq_planes = [int(p) for p in args.bcq_planes.split(",") if p] if ops.has_kernel("cuda", "bcq_gemm") else []
         shape_results = bench_shape(k, n, batches, bits_list, args.group_size, args.rounds, deadline, log, bcq_planes)
         print_table(shape_results, run["copy_gbps"], log)
         run["results"] += shape_results

@@ -270,7 +270,7 @@ def main() -> None:
                 + "\n" + table + "\n")
     with open(args.out + ".json", "w") as f:
         json.dump(dict(args=vars(args), results=results), f, indent=1, default=str)
-    print(f"\nwritten to {args.out}.md / .json" + (f" / .png" if png else " (no matplotlib: no plot)"))
+    print(f"\nwritten to {args.out}.md / .json" + (" / .png" if png else " (no matplotlib: no plot)"))
     if temporary is not None:
         temporary.cleanup()
 

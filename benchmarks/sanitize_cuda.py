@@ -1,6 +1,7 @@
 """Runs every CUDA kernel of gptq_kernels once on small inputs, for compute-sanitizer (memcheck, racecheck):
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_cuda.py
+    python benchmarks/sanitize_cuda.py cpu      # the same calls on the CPU: checks this script without a GPU
 
 Covers pack, unpack, permute_rows, dequantize (3 output dtypes), the GEMV kernel (1, 2, 4 and 8 rows per CTA), the tensor-core
 kernel (16, 32 and 64 rows per CTA, two row tiles), each with and without split-K, a partial column tile, the
@@ -28,15 +29,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gptq_kernels import bcq_format, ops, reference  # noqa: E402
 
 
-def layer(k, n, bits, group_size, act_order=False, scale_dtype=torch.float16):
+def layer(k, n, bits, group_size, device, act_order=False, scale_dtype=torch.float16):
     groups = 1 if group_size == -1 else -(-k // group_size)
-    q = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32, device="cuda")
-    zero = torch.randint(1, 1 << bits, (groups, n), dtype=torch.int32, device="cuda")
-    g_idx = torch.arange(k, device="cuda", dtype=torch.int32) // (k if group_size == -1 else group_size)
+    q = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32, device=device)
+    zero = torch.randint(1, 1 << bits, (groups, n), dtype=torch.int32, device=device)
+    g_idx = torch.arange(k, device=device, dtype=torch.int32) // (k if group_size == -1 else group_size)
     if act_order:
-        g_idx = g_idx[torch.randperm(k, device="cuda")]
+        g_idx = g_idx[torch.randperm(k, device=device)]
     return (ops.pack(q, bits), ops.pack((zero - 1).t().contiguous(), bits).t().contiguous(),
-            (torch.rand(groups, n, device="cuda") * 0.02 + 0.001).to(scale_dtype), g_idx.to(torch.int32))
+            (torch.rand(groups, n, device=device) * 0.02 + 0.001).to(scale_dtype), g_idx.to(torch.int32))
 
 
 def check(y, x, w_t, bias=None):
@@ -45,54 +46,56 @@ def check(y, x, w_t, bias=None):
     assert err < 2e-2, f"relative error {err}"
 
 
-def bcq_layer(k, n, planes, group_size):
+def bcq_layer(k, n, planes, group_size, device):
     groups = bcq_format.num_groups(k, group_size)
-    qplanes = torch.randint(-2**31, 2**31 - 1, (planes, k // 32, n), dtype=torch.int32, device="cuda")
-    alpha = (torch.rand(groups, planes, n, device="cuda") * 0.02 + 0.001).half()
-    offset = (torch.randn(groups, n, device="cuda") * 0.01).half()
+    qplanes = torch.randint(-2**31, 2**31 - 1, (planes, k // 32, n), dtype=torch.int32, device=device)
+    alpha = (torch.rand(groups, planes, n, device=device) * 0.02 + 0.001).half()
+    offset = (torch.randn(groups, n, device=device) * 0.01).half()
     return qplanes, alpha, offset
 
 
-def bcq():
+def bcq(device):
     for planes in (2, 3, 1):
         for k, n, group_size in ((576, 96, 128), (4096, 160, 32), (576, 96, 48)):
-            w = bcq_layer(k, n, planes, group_size)
+            w = bcq_layer(k, n, planes, group_size, device)
             w_t = bcq_format.dequantize(*w, None, group_size, dtype=torch.float64)
             for dtype in (torch.float16, torch.bfloat16, torch.float32):
                 d = ops.bcq_dequantize(w[0], w[1].to(dtype), w[2].to(dtype), group_size)
                 assert torch.isfinite(d).all()
-            bias = torch.randn(n, device="cuda", dtype=torch.float16)
+            bias = torch.randn(n, device=device, dtype=torch.float16)
             for rows in (1, 2, 3, 5, 8, 9, 40):
                 for dtype in ((torch.float16, torch.bfloat16, torch.float32) if rows in (1, 5) else (torch.float16,)):
-                    x = torch.randn(rows, k, device="cuda", dtype=dtype)
+                    x = torch.randn(rows, k, device=device, dtype=dtype)
                     check(ops.bcq_gemm(x, *w, bias, group_size), x, w_t, bias)
                     check(ops.bcq_gemm(x, *w, None, group_size), x, w_t)
         print(f"sanitize_cuda: bcq {planes} planes done", flush=True)
 
 
-def main():
+def main(device="cuda"):
+    """device "cpu": the same calls on the CPU ops, which checks this script (and the results' bounds) without a GPU;
+    the Hopper branch runs there too (the CPU op ignores GPTQ_KERNELS_WGMMA)."""
     torch.manual_seed(0)
-    hopper = torch.cuda.get_device_capability() == (9, 0)
+    hopper = device == "cpu" or torch.cuda.get_device_capability() == (9, 0)
     for bits in (2, 3, 4, 8):
-        values = torch.randint(0, 1 << bits, (64, 96), dtype=torch.int32, device="cuda")
+        values = torch.randint(0, 1 << bits, (64, 96), dtype=torch.int32, device=device)
         assert torch.equal(ops.unpack(ops.pack(values, bits), bits), values)
-        perm = torch.randperm(64, device="cuda")
+        perm = torch.randperm(64, device=device)
         assert torch.equal(ops.unpack(ops.permute_rows(ops.pack(values, bits), perm, bits), bits), values[perm])
         for k, n, group_size, act_order in ((576, 96, 128, False), (576, 96, 64, True), (2048, 160, 32, False)):
-            w = layer(k, n, bits, group_size, act_order)
+            w = layer(k, n, bits, group_size, device, act_order)
             # The float64 weight, once per layer: the reference is slow under the sanitizer.
             w_t = reference.dequantize(*w, bits, group_size, dtype=torch.float64)
             for dtype in (torch.float16, torch.bfloat16, torch.float32):
                 d = ops.dequantize(w[0], w[1], w[2].to(dtype), w[3], bits, group_size)
                 assert torch.isfinite(d).all()
-            bias = torch.randn(n, device="cuda", dtype=torch.float16)
+            bias = torch.randn(n, device=device, dtype=torch.float16)
             # The layout QuantLinear keeps on the GPU: 2- and 4-bit weights in fragment order, 3- and 8-bit as stored.
             fragment_order = ops.has_fragment_order(bits)
             ql_gemm = ops.gemm_fragment_ordered if fragment_order else ops.gemm
             ql_weight = ops.to_fragment_order(w[0], bits) if fragment_order else w[0]
             for rows in (1, 2, 3, 8, 9, 20, 40, 100, 300):
                 for dtype in ((torch.float16, torch.bfloat16) if rows in (1, 20) else (torch.float16,)):
-                    x = torch.randn(rows, k, device="cuda", dtype=dtype)
+                    x = torch.randn(rows, k, device=device, dtype=dtype)
                     check(ops.gemm(x, *w, bias, bits, group_size), x, w_t, bias)
                     check(ops.gemm(x, *w, None, bits, group_size), x, w_t)
                     if fragment_order:
@@ -105,14 +108,15 @@ def main():
                         check(ql_gemm(x, ql_weight, w[1], w[2], None, bias, bits, group_size), x, w_t, bias)
                         os.environ.pop("GPTQ_KERNELS_WGMMA", None)
         print(f"sanitize_cuda: {bits}-bit done", flush=True)
-    x = torch.randn(3, 576, device="cuda")
-    w = layer(576, 96, 4, 128)
+    x = torch.randn(3, 576, device=device)
+    w = layer(576, 96, 4, 128, device)
     w_t = reference.dequantize(*w, 4, 128, dtype=torch.float64)
     check(ops.gemm(x, *w, None, 4, 128), x, w_t)  # fp32 activations: dequantize + cuBLAS
-    bcq()
-    torch.cuda.synchronize()
+    bcq(device)
+    if device == "cuda":
+        torch.cuda.synchronize()
     print("sanitize_cuda: all kernels ran")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "cuda")

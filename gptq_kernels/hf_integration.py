@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
-import torch
-
 from .checkpoint import (CheckpointError, QuantizationSettings, _layer_state, _new_layer, _plan_layers,
                          _PlannedLayer, _replace_module, _TensorIndex, _model_settings)
 

@@ -1,5 +1,6 @@
-"""The report of benchmarks/bench_cuda.py (benchmarks/cuda_report.py): which of issue #4's speed targets a run
-meets is read off these verdicts, so they are checked here on made-up measurements, without a GPU."""
+"""The GPU-only scripts, checked on the CPU so that a GPU run does not find their bugs: benchmarks/bench_cuda.py's
+report (benchmarks/cuda_report.py; which of issue #4's speed targets a run meets is read off its verdicts, checked
+here on made-up measurements) and its contenders' calls (--dry-run), and benchmarks/sanitize_cuda.py's calls."""
 import json
 import os
 import random
@@ -93,11 +94,41 @@ def test_report_renders_a_saved_run_without_a_gpu(tmp_path):
            "results": rows}
     path = tmp_path / "bench_cuda.json"
     path.write_text(json.dumps(run))
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_cuda.py"), "--report", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    done = run_script(os.path.join("benchmarks", "bench_cuda.py"), "--report", str(path))
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "bench_cuda.txt").read_text()
     assert "made-up GPU" in text and "commit abc1234" in text
     lines = {line.split("  ")[0]: line for line in text.splitlines() if "vs cuBLAS fp16" in line}
     assert "MISS" in lines["2-bit, batch 1, vs cuBLAS fp16"] and "5.50x" in lines["2-bit, batch 1, vs cuBLAS fp16"]
     assert " ok " in lines["4-bit, batch 16, vs cuBLAS fp16"]
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def test_bench_cuda_dry_run_calls_every_contender():
+    done = run_script(os.path.join("benchmarks", "bench_cuda.py"), "--dry-run", "--shapes", "576x96,2080x160",
+                      "--batches", "1,16,17,64")
+    assert done.returncode == 0, done.stderr[-3000:]
+    called = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("dry run "):
+            head, names = line.split(": ", 1)
+            called[head] = set(names.split(", "))
+    assert len(called) == 8
+    ours = {f"gptq {bits}-bit" for bits in (2, 3, 4, 8)}
+    small = called["dry run K=2080 N=160 batch=16"]
+    assert small >= ours | {"cuBLAS fp16", "gptq 2-bit ckpt order", "gptq 4-bit ckpt order", "gptq 3-bit g_idx",
+                            "bcq 2-plane", "bcq 3-plane"}
+    assert not any("wgmma" in name or "dequant" in name for name in small)
+    large = called["dry run K=576 N=96 batch=64"]
+    assert large >= ours | {f"gptq {bits}-bit wgmma" for bits in (2, 3, 4, 8)} | {"gptq 4-bit dequant+mm"}
+    assert "gptq 3-bit g_idx" not in large
+
+
+def test_sanitize_script_runs_on_cpu():
+    done = run_script(os.path.join("benchmarks", "sanitize_cuda.py"), "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("sanitize_cuda: all kernels ran")
