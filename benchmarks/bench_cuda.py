@@ -284,9 +284,10 @@ def batch_contenders(w: ShapeWeights, xs, hopper: bool):
     return contenders, nbytes
 
 
-def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq_planes=()):
+def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq_planes=(), wgmma=True):
     w = ShapeWeights(k, n, bits_list, group_size, bcq_planes, "cuda", copies_for, log)
-    hopper = torch.cuda.get_device_capability() == (9, 0)  # the wgmma contenders (sm_90a code runs on 9.0 only)
+    # The wgmma contenders (sm_90a code runs on compute capability 9.0 only).
+    hopper = wgmma and torch.cuda.get_device_capability() == (9, 0)
     results = []
     for batch in batches:
         if time.time() > deadline:
@@ -305,7 +306,7 @@ def bench_shape(k, n, batches, bits_list, group_size, rounds, deadline, log, bcq
     return results
 
 
-def dry_run(shapes, batches, bits_list, group_size, bcq_planes, log):
+def dry_run(shapes, batches, bits_list, group_size, bcq_planes, log, wgmma=True):
     """Every contender bench_shape would time, built on the CPU (one copy of each weight) and called twice, its
     output checked for shape and finiteness: the benchmark's own code paths, checked without a GPU. Times nothing;
     the wgmma contenders are included (the CPU op ignores GPTQ_KERNELS_WGMMA)."""
@@ -313,7 +314,7 @@ def dry_run(shapes, batches, bits_list, group_size, bcq_planes, log):
         w = ShapeWeights(k, n, bits_list, group_size, bcq_planes, "cpu", lambda nbytes: 1, log)
         for batch in batches:
             xs = [torch.randn(batch, k, dtype=torch.float16) for _ in range(2)]
-            contenders, nbytes = batch_contenders(w, xs, hopper=True)
+            contenders, nbytes = batch_contenders(w, xs, hopper=wgmma)
             for name, (fn, calls) in contenders.items():
                 for i in range(2):
                     y = fn(i)
@@ -342,6 +343,9 @@ def main():
     parser.add_argument("--report", metavar="JSON", default=None,
                         help="measure nothing: render the table, summary, plot and issue #4 targets of a saved "
                              "bench_cuda.json again (no GPU needed), e.g. of a run stopped before its end")
+    parser.add_argument("--no-hopper", action="store_true",
+                        help="leave out the Hopper kernel's contenders (gpu_check.sh does when it failed its first "
+                             "check, so that a fault in it cannot end the whole run)")
     parser.add_argument("--dry-run", action="store_true",
                         help="time nothing: build every contender on the CPU and call it, to check the benchmark's "
                              "code on a machine without a GPU (use small --shapes)")
@@ -370,7 +374,7 @@ def main():
         return
     if args.dry_run:
         dry_run(shapes, batches, bits_list, args.group_size,
-                bcq_planes if ops.has_kernel("cpu", "bcq_gemm") else [], log)
+                bcq_planes if ops.has_kernel("cpu", "bcq_gemm") else [], log, wgmma=not args.no_hopper)
         return
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU")
@@ -390,7 +394,8 @@ def main():
         bcq_planes = []
     for k, n in shapes:
         log(f"K={k} N={n} ...")
-        shape_results = bench_shape(k, n, batches, bits_list, args.group_size, args.rounds, deadline, log, bcq_planes)
+        shape_results = bench_shape(k, n, batches, bits_list, args.group_size, args.rounds, deadline, log, bcq_planes,
+                                    wgmma=not args.no_hopper)
         print_table(shape_results, run["copy_gbps"], log)
         run["results"] += shape_results
         torch.cuda.empty_cache()
