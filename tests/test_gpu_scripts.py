@@ -128,7 +128,19 @@ def test_bench_cuda_dry_run_calls_every_contender():
     assert "gptq 3-bit g_idx" not in large
 
 
-def test_sanitize_script_runs_on_cpu():
-    done = run_script(os.path.join("benchmarks", "sanitize_cuda.py"), "cpu")
+def test_bench_cuda_dry_run_without_the_hopper_kernel():
+    # gpu_check.sh passes --no-hopper when the Hopper kernel failed its own check.
+    done = run_script(os.path.join("benchmarks", "bench_cuda.py"), "--dry-run", "--no-hopper", "--shapes", "576x96",
+                      "--batches", "64")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("sanitize_cuda: all kernels ran")
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("dry run ")]
+    assert "gptq 4-bit dequant+mm" in line and "wgmma" not in line
+
+
+@pytest.mark.parametrize("which", [(), ("--only-hopper",), ("--no-hopper",)])
+def test_sanitize_script_runs_on_cpu(which):
+    done = run_script(os.path.join("benchmarks", "sanitize_cuda.py"), "cpu", *which)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hopper = [f"{bits}-bit" for bits in (2, 3, 4, 8) if f"Hopper kernel {bits}-bit done" in done.stdout]
+    assert hopper == ([] if which == ("--no-hopper",) else ["2-bit", "3-bit", "4-bit", "8-bit"])
+    assert ("all kernels ran" in done.stdout) == (which != ("--only-hopper",))
