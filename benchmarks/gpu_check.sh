@@ -131,6 +131,13 @@ if [ -z "${SKIP_SANITIZER:-}" ]; then
   run racecheck 70 "$SANITIZER" --tool racecheck --error-exitcode 1 "$PY" benchmarks/sanitize_cuda.py \
     "${without_hopper[@]}"
 fi
+# What bounds each kernel behind the speed targets (DRAM throughput, issue slots, stall reasons), read by Nsight
+# Compute from the hardware counters: what NOTES_cuda.md can only predict. Clocks left alone (--clock-control none).
+NCU=$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1 || echo "$CUDA_HOME/bin/ncu")
+run profile 60 "$NCU" --clock-control none --profile-from-start off --nvtx \
+  --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+  --section SchedulerStats --section WarpStateStats --section LaunchStats --section Occupancy \
+  "$PY" benchmarks/profile_cuda.py "${without_hopper[@]}"
 # The same matmul tests with the tensor-core kernel switched off: batches of 9 to 32 rows then take the GEMV
 # kernel in row tiles, the path that stays when the tensor-core kernel cannot run.
 GPTQ_KERNELS_NO_MMA=1 run pytest_no_mma 45 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider \

@@ -144,3 +144,15 @@ def test_sanitize_script_runs_on_cpu(which):
     hopper = [f"{bits}-bit" for bits in (2, 3, 4, 8) if f"Hopper kernel {bits}-bit done" in done.stdout]
     assert hopper == ([] if which == ("--no-hopper",) else ["2-bit", "3-bit", "4-bit", "8-bit"])
     assert ("all kernels ran" in done.stdout) == (which != ("--only-hopper",))
+
+
+@pytest.mark.parametrize("hopper", [True, False])
+def test_profile_script_runs_on_cpu(hopper):
+    done = run_script(os.path.join("benchmarks", "profile_cuda.py"), "cpu", "--shape", "576x96",
+                      *(() if hopper else ("--no-hopper",)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    cases = [line.split(": ", 1)[1] for line in done.stdout.splitlines() if line.startswith("profile_cuda: ")]
+    assert cases[0] == "cuBLAS fp16, batch 1"
+    assert {f"gptq {bits}-bit, batch 1" for bits in (2, 3, 4, 8)} <= set(cases)
+    assert [c for c in cases if "wgmma" in c] == (["gptq 4-bit wgmma, batch 256", "gptq 4-bit wgmma, batch 1024"]
+                                                  if hopper else [])
