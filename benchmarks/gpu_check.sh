@@ -108,8 +108,9 @@ pytest_hopper=()
 run pytest 200 "$PY" -m pytest -v -m cuda tests --junitxml "$RESULTS/pytest.xml" -p no:cacheprovider \
   --durations=15 "${pytest_hopper[@]}"
 # The benchmark before the sanitizers, which only have to pass, so that a tight budget still measures the speed;
-# 150 s stay for the sanitizers. The large shapes go first because the acceptance criteria are stated for them.
-left=$((BUDGET_S - SECONDS - 150))
+# 200 s stay for the sanitizers and the profile. The large shapes go first because the acceptance criteria are
+# stated for them.
+left=$((BUDGET_S - SECONDS - 200))
 [ $left -gt 200 ] && left=200
 if [ $left -gt 60 ]; then
   minutes=$(awk "BEGIN { print ($left - 30) / 60 }")
