@@ -148,7 +148,10 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
   // zero-filled x.
   auto multiply_block = [&](auto set_constant, int b, int buffer, int slot) {
     constexpr int SET = decltype(set_constant)::value;
-    if (groups.starts_at(b) && b < kb_end) start_group(groups.take_next());
+    if (groups.starts_at(b) && b < kb_end) {
+      start_group(groups.next());
+      groups.advance();
+    }
     const unsigned char* const lane_slot =
         smem + buffer * kStageBytes + kXBytes + (slot * kWgmmaThreads + tid) * kLaneBytes;
     // The lane's words of its 4 columns (3 and 8 bits: and the second word of each), and column c's values as

@@ -187,7 +187,8 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
       if (b >= kb_end) break;  // uniform across the CTA
       if (i % BPG == 0 && groups.starts_at(b)) {
         finish_group();
-        start_group(groups.take_next());
+        start_group(groups.next());
+        groups.advance();
       }
       multiply_block(words[i], buffer, slot + i);
     }

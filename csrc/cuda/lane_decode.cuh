@@ -81,13 +81,14 @@ class GroupWalk {
   __device__ __forceinline__ const RawGroup& first() const { return first_; }
   // Whether a group starts at block b (blocks are visited in increasing order).
   __device__ __forceinline__ bool starts_at(int b) const { return b == next_block_; }
-  // The group that starts now; loads the one after it.
-  __device__ __forceinline__ RawGroup take_next() {
-    const RawGroup group = next_;
+  // The group that starts now, until advance().
+  __device__ __forceinline__ const RawGroup& next() const { return next_; }
+  // Past the group that started: loads the one after it into the same registers, so that a group change that
+  // converts next() first and then advances copies no registers.
+  __device__ __forceinline__ void advance() {
     next_block_ += blocks_per_group_;
     stream_.advance();
     next_ = stream_.load();
-    return group;
   }
 
  private:
