@@ -133,6 +133,11 @@ def bcq_bytes(k: int, n: int, planes: int, group_size: int) -> int:
     return k * n * planes // 8 + groups * n * 2 * (planes + 1)
 
 
+def first_line(error: Exception) -> str:
+    """An error's first line, at most 200 characters (torch lists every dispatch key after it)."""
+    return str(error).splitlines()[0][:200]
+
+
 def int4mm_weights(k: int, n: int, group_size: int, copies: int, device="cuda"):
     """PyTorch's tinygemm int4 weights, or the reason they cannot be built. The packing op changed signature
     across versions (int32 [N, K] before 2.5, uint8 [N, K/2] after), so both are tried."""
@@ -146,7 +151,7 @@ def int4mm_weights(k: int, n: int, group_size: int, copies: int, device="cuda"):
                 packed = torch.ops.aten._convert_weight_to_int4pack(candidate(), inner_k_tiles)
                 break
             except (RuntimeError, TypeError, AttributeError) as error:
-                last_error = str(error).splitlines()[0][:200]
+                last_error = first_line(error)
         if packed is None:
             return None, f"_convert_weight_to_int4pack failed: {last_error}"
         scales_zeros = torch.rand(k // group_size, n, 2, device=device).to(torch.bfloat16)
@@ -155,7 +160,7 @@ def int4mm_weights(k: int, n: int, group_size: int, copies: int, device="cuda"):
         torch.ops.aten._weight_int4pack_mm(torch.randn(1, k, device=device, dtype=torch.bfloat16), made[0][0],
                                            group_size, made[0][1])
     except (RuntimeError, TypeError, AttributeError) as error:
-        return None, f"_weight_int4pack_mm failed: {str(error).splitlines()[0][:200]}"
+        return None, f"_weight_int4pack_mm failed: {first_line(error)}"
     return made, None
 
 
@@ -226,61 +231,57 @@ def batch_contenders(w: ShapeWeights, xs, hopper: bool):
     name -> weight bytes read per call."""
     k, n, group_size, batch = w.k, w.n, w.group_size, xs[0].shape[0]
     contenders, nbytes = {}, {}
-    calls = max(MIN_CALLS, len(w.dense))
-    contenders["cuBLAS fp16"] = (lambda i: F.linear(xs[i % len(xs)], w.dense[i % len(w.dense)]), calls)
-    nbytes["cuBLAS fp16"] = w.fp16_bytes
+
+    def add(name, fn, copies, weight_bytes):
+        contenders[name] = (fn, max(MIN_CALLS, copies))  # every copy once per graph, and at least MIN_CALLS calls
+        nbytes[name] = weight_bytes
+
+    add("cuBLAS fp16", lambda i: F.linear(xs[i % len(xs)], w.dense[i % len(w.dense)]), len(w.dense), w.fp16_bytes)
     if w.int4 is not None:
         xb = [x.bfloat16() for x in xs]
         int4 = w.int4
-        contenders["torch int4 (bf16)"] = (lambda i: torch.ops.aten._weight_int4pack_mm(
-            xb[i % len(xb)], int4[i % len(int4)][0], group_size, int4[i % len(int4)][1]), max(MIN_CALLS, len(int4)))
-        nbytes["torch int4 (bf16)"] = w.int4_bytes
+        add("torch int4 (bf16)", lambda i: torch.ops.aten._weight_int4pack_mm(
+            xb[i % len(xb)], int4[i % len(int4)][0], group_size, int4[i % len(int4)][1]), len(int4), w.int4_bytes)
     for bits, layers in w.ours.items():
         gemm = quant_linear_gemm(bits)
-        name = f"gptq {bits}-bit"
-        contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: gemm(
-            xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), max(MIN_CALLS, len(layers)))
-        nbytes[name] = gptq_bytes(k, n, bits, group_size)
+        add(f"gptq {bits}-bit", lambda i, layers=layers, bits=bits, gemm=gemm: gemm(
+            xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), len(layers),
+            gptq_bytes(k, n, bits, group_size))
     for bits in (2, 4):
         # The same weights in checkpoint order: what fragment order gains. Up to 16 rows that is the
         # tensor-core GEMV (fragment order only) against the GEMV kernel (1-8 rows) or the tensor-core kernel
         # (9-16); from 17 rows the tensor-core kernel reading either order (4-bit only there, to save time).
         if bits in w.ours and (bits == 4 or batch <= GEMV_TC_MAX_BATCH):
-            name, layers = f"gptq {bits}-bit ckpt order", w.ours[bits]
-            contenders[name] = (lambda i, layers=layers, bits=bits: ops.gemm(
-                xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size),
-                max(MIN_CALLS, len(layers)))
-            nbytes[name] = gptq_bytes(k, n, bits, group_size)
+            layers = w.ours[bits]
+            add(f"gptq {bits}-bit ckpt order", lambda i, layers=layers, bits=bits: ops.gemm(
+                xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size), len(layers),
+                gptq_bytes(k, n, bits, group_size))
     if 3 in w.ours and batch <= GEMV_TC_MAX_BATCH:
         # 3-bit weights have no other order: passing their (sequential) g_idx, which the tensor-core GEMV does
         # not take, runs the GEMV kernel (1-8 rows) or the tensor-core kernel (9-16) on the same weights.
-        name, layers = "gptq 3-bit g_idx", w.ours[3]
-        contenders[name] = (lambda i, layers=layers: ops.gemm(
-            xs[i % len(xs)], *layers[i % len(layers)], w.g_idx3, None, 3, group_size), max(MIN_CALLS, len(layers)))
-        nbytes[name] = gptq_bytes(k, n, 3, group_size)
+        layers = w.ours[3]
+        add("gptq 3-bit g_idx", lambda i, layers=layers: ops.gemm(
+            xs[i % len(xs)], *layers[i % len(layers)], w.g_idx3, None, 3, group_size), len(layers),
+            gptq_bytes(k, n, 3, group_size))
     if hopper and batch >= WGMMA_MIN_BATCH:
         # The Hopper kernel (wgmma) on the same weights as "gptq N-bit", not yet what gemm picks by itself.
         for bits in (2, 3, 4, 8):
             if bits in w.ours:
-                name, layers = f"gptq {bits}-bit wgmma", w.ours[bits]
-                gemm = quant_linear_gemm(bits)
-                contenders[name] = (lambda i, layers=layers, bits=bits, gemm=gemm: with_env(
+                layers, gemm = w.ours[bits], quant_linear_gemm(bits)
+                add(f"gptq {bits}-bit wgmma", lambda i, layers=layers, bits=bits, gemm=gemm: with_env(
                     "GPTQ_KERNELS_WGMMA", "1", lambda: gemm(
                         xs[i % len(xs)], *layers[i % len(layers)], None, None, bits, group_size)),
-                    max(MIN_CALLS, len(layers)))
-                nbytes[name] = gptq_bytes(k, n, bits, group_size)
+                    len(layers), gptq_bytes(k, n, bits, group_size))
     if 4 in w.ours and batch >= DEQUANT_CONTENDER_MIN_BATCH:
         # What gemm does past the tensor-core kernel's range (dequantize, then cuBLAS), timed next to it:
         # where the two cross is where gemm_fused.cu's kMmaMaxRows belongs.
-        name, layers = "gptq 4-bit dequant+mm", w.ours[4]
-        contenders[name] = (lambda i, layers=layers: xs[i % len(xs)] @ ops.dequantize(
-            *layers[i % len(layers)][:3], None, 4, group_size), max(MIN_CALLS, len(layers)))
-        nbytes[name] = gptq_bytes(k, n, 4, group_size)
+        layers = w.ours[4]
+        add("gptq 4-bit dequant+mm", lambda i, layers=layers: xs[i % len(xs)] @ ops.dequantize(
+            *layers[i % len(layers)][:3], None, 4, group_size), len(layers), gptq_bytes(k, n, 4, group_size))
     for planes, layers in w.bcq.items():
-        name = f"bcq {planes}-plane"
-        contenders[name] = (lambda i, layers=layers: ops.bcq_gemm(
-            xs[i % len(xs)], *layers[i % len(layers)], None, group_size), max(MIN_CALLS, len(layers)))
-        nbytes[name] = bcq_bytes(k, n, planes, group_size)
+        add(f"bcq {planes}-plane", lambda i, layers=layers: ops.bcq_gemm(
+            xs[i % len(xs)], *layers[i % len(layers)], None, group_size), len(layers),
+            bcq_bytes(k, n, planes, group_size))
     return contenders, nbytes
 
 

@@ -46,6 +46,26 @@ def by_shape_and_batch(results: List[Row]) -> Dict[Tuple[int, int, int], Dict[st
     return cells
 
 
+def worst_cells(cells, bits: int, speedup: Callable[[Dict[str, Row], str], float],
+                where: Callable[[Tuple[int, int, int], str], str]):
+    """Over `cells` ((k, n, batch) -> kernel -> row), the worst speedup of the default `bits`-bit contender and the
+    worst of our best contender per cell, each as (speedup, where, kernel) or None, and how many shapes the default
+    was measured at."""
+    default, best, shapes = None, None, set()
+    for key, row in sorted(cells.items()):
+        if default_kernel(bits) in row:
+            shapes.add(key[:2])
+            value = speedup(row, default_kernel(bits))
+            if default is None or value < default[0]:
+                default = (value, where(key), default_kernel(bits))
+        ours = [(speedup(row, name), name) for name in row if is_ours(name, bits)]
+        if ours:
+            value, name = max(ours)
+            if best is None or value < best[0]:
+                best = (value, where(key), name)
+    return default, best, len(shapes)
+
+
 def check_targets(results: List[Row]) -> List[dict]:
     """Issue #4's targets against the measured rows of layers of TARGET_MIN_WEIGHTS and more. A target holds where it
     holds at every such shape measured, so each is judged at its worst shape: once for the default contender (what
@@ -63,40 +83,15 @@ def check_targets(results: List[Row]) -> List[dict]:
                 "best": worst_best, "best_holds": holds(worst_best[0] if worst_best else None)}
 
     for bits, batch, need in FP16_TARGETS:
-        default, best, shapes = None, None, 0
-        for (k, n, b), row in sorted(cells.items()):
-            if b != batch:
-                continue
-            where = f"{k}x{n}"
-            if default_kernel(bits) in row:
-                shapes += 1
-                value = row[default_kernel(bits)]["speedup_vs_fp16"]
-                if default is None or value < default[0]:
-                    default = (value, where, default_kernel(bits))
-            ours = [(row[name]["speedup_vs_fp16"], name) for name in row if is_ours(name, bits)]
-            if ours:
-                value, name = max(ours)
-                if best is None or value < best[0]:
-                    best = (value, where, name)
-        checked.append(verdict(f"{bits}-bit, batch {batch}, vs cuBLAS fp16", need, False, default, best, shapes))
-
+        at_batch = {key: row for key, row in cells.items() if key[2] == batch}
+        worst = worst_cells(at_batch, bits, lambda row, name: row[name]["speedup_vs_fp16"],
+                            lambda key: f"{key[0]}x{key[1]}")
+        checked.append(verdict(f"{bits}-bit, batch {batch}, vs cuBLAS fp16", need, False, *worst))
     # 4-bit faster than PyTorch's int4 kernel at every batch: speedup = int4 time / ours.
-    default, best, shapes = None, None, set()
-    for (k, n, b), row in sorted(cells.items()):
-        if INT4 not in row:
-            continue
-        where = f"{k}x{n} batch {b}"
-        if default_kernel(4) in row:
-            shapes.add((k, n))
-            value = row[INT4]["us"] / row[default_kernel(4)]["us"]
-            if default is None or value < default[0]:
-                default = (value, where, default_kernel(4))
-        ours = [(row[INT4]["us"] / row[name]["us"], name) for name in row if is_ours(name, 4)]
-        if ours:
-            value, name = max(ours)
-            if best is None or value < best[0]:
-                best = (value, where, name)
-    checked.append(verdict("4-bit, every batch, vs torch int4", 1.0, True, default, best, len(shapes)))
+    with_int4 = {key: row for key, row in cells.items() if INT4 in row}
+    worst = worst_cells(with_int4, 4, lambda row, name: row[INT4]["us"] / row[name]["us"],
+                        lambda key: f"{key[0]}x{key[1]} batch {key[2]}")
+    checked.append(verdict("4-bit, every batch, vs torch int4", 1.0, True, *worst))
     return checked
 
 
