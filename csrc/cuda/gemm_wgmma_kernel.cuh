@@ -66,11 +66,8 @@ __global__ void __launch_bounds__(kWgmmaThreads, kWgmmaCtasPerSm) gemm_wgmma_ker
   // fragment-order word (4-bit: word t; 2-bit: word t / 2, half t % 2), or two words, 16 bytes each: 3-bit, those
   // holding stream bits 24t..24t+23 (ThreeBitDecode); 8-bit, words 2t and 2t + 1.
   const int64_t block_stride = static_cast<int64_t>(BITS) * p.n;  // words from one block to the next
-  const int first_word = BITS == 4 ? ft : BITS == 2 ? ft / 2 : BITS == 3 ? 3 * ft / 4 : 2 * ft;
-  const uint32_t* const lane_words = p.qweight + static_cast<int64_t>(first_word) * p.n + n0;
-  const int64_t second_word = BITS == 3 ? static_cast<int64_t>(min(first_word + 1, 2) - first_word) * p.n
-                              : BITS == 8 ? p.n
-                                          : 0;
+  const uint32_t* const lane_words = p.qweight + static_cast<int64_t>(lane_first_word<BITS>(ft)) * p.n + n0;
+  const int64_t second_word = static_cast<int64_t>(lane_second_word_step<BITS>(ft)) * p.n;
 
   // Copies stage `stage` (counted from kb_begin) into its buffer and commits a group, empty past kb_end so that
   // the group count stays in step. x: piece c of row r at swizzled_piece_offset(r, c) (3- and 8-bit: pair by pair,

@@ -66,10 +66,9 @@ __global__ void __launch_bounds__(kGemvTcThreads, gemv_tc_ctas_per_sm(ROW_TILES)
   // before their batch is decoded (an instruction using them would wait for memory right there).
   constexpr int kRegsPerBlock = BITS == 3 ? 8 : 4;
   const int64_t block_stride = static_cast<int64_t>(BITS) * p.n;  // words from one block to the next
-  const int first_word = BITS == 4 ? ft : BITS == 2 ? ft / 2 : 3 * ft / 4;
-  const int64_t second_word = BITS == 3 ? static_cast<int64_t>(min(first_word + 1, 2) - first_word) * p.n : 0;
-  const uint32_t* next_block =
-      p.qweight + static_cast<int64_t>(kb_begin) * block_stride + static_cast<int64_t>(first_word) * p.n + n0;
+  const int64_t second_word = static_cast<int64_t>(lane_second_word_step<BITS>(ft)) * p.n;
+  const uint32_t* next_block = p.qweight + static_cast<int64_t>(kb_begin) * block_stride +
+                               static_cast<int64_t>(lane_first_word<BITS>(ft)) * p.n + n0;
   auto load_block = [&](uint32_t (&dst)[kRegsPerBlock]) {
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(next_block));
     dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;

@@ -14,6 +14,22 @@
 namespace gptq_kernels {
 namespace cuda {
 
+// Where lane t's words of a block lie, in rows of qweight from the block's first: the fragment-order word (4-bit:
+// word t; 2-bit: word t / 2, half t % 2), or the first of two: 3-bit, the word holding stream bit 24t
+// (ThreeBitDecode); 8-bit, word 2t (EightBitDecode).
+template <int BITS>
+__host__ __device__ constexpr int lane_first_word(int t) {
+  return BITS == 4 ? t : BITS == 2 ? t / 2 : BITS == 3 ? 3 * t / 4 : 2 * t;
+}
+// Rows from the lane's first word to its second: 3-bit, the next word, except for lane 3, whose 24 bits end its
+// first word (the block's last: it reads that word again rather than the next block's); 8-bit, the next word; none
+// at 2 and 4 bits.
+template <int BITS>
+__host__ __device__ constexpr int lane_second_word_step(int t) {
+  return BITS == 3 ? (lane_first_word<3>(t) + 1 < 2 ? lane_first_word<3>(t) + 1 : 2) - lane_first_word<3>(t)
+                   : BITS == 8 ? 1 : 0;
+}
+
 // A group's scales and zero points for one lane's 4 columns, as stored: loaded a group ahead, so that a group
 // change converts registers instead of waiting for memory.
 struct RawGroup {
