@@ -304,10 +304,9 @@ def _kernels_run(fn):
 def test_gemm_hopper_kernel(bits, dtype, monkeypatch):
     # GPTQ_KERNELS_WGMMA=1 (read at every call) sends what QuantLinear runs without g_idx to the Hopper kernel from 17
     # rows (gemm_wgmma_kernel.cuh), every bit width: 64-row tiles, and 128-row tiles for 2 and 4 bits where they fill
-    # the GPU, rows
-    # past M in the last tile; every group size it takes and scale dtype, a bias, N = 160 (a CTA whose last warps lie
-    # past N), K = 1088 (17 blocks: the last stage's second block past K), rows of x 8 elements apart; and a 70B
-    # down projection whose K is split over CTAs. The profiler checks the kernel really ran.
+    # the GPU, rows past M in the last tile; every group size it takes and scale dtype, a bias, N = 160 (a CTA whose
+    # last warps lie past N), K = 1088 (17 blocks: the last stage's second block past K), rows of x 8 elements apart;
+    # and a 70B down projection whose K is split over CTAs. The profiler checks the kernel really ran.
     monkeypatch.setenv("GPTQ_KERNELS_WGMMA", "1")
 
     k, n = 1088, 160

@@ -216,8 +216,8 @@ def test_wgmma_probe_passes_on_the_emulator(tmp_path):
     if cxx is None:
         pytest.skip("needs g++ and the CUDA headers (CUDA_HOME)")
     binary = tmp_path / "wgmma_probe"
-    built = subprocess.run([cxx, *_emulator_flags(cxx, tmp_path), "-x", "c++", str(ROOT / "benchmarks" / "wgmma_probe.cu"), "-o", str(binary)],
-                           capture_output=True, text=True)
+    built = subprocess.run([cxx, *_emulator_flags(cxx, tmp_path), "-x", "c++", str(ROOT / "benchmarks" / "wgmma_probe.cu"),
+                            "-o", str(binary)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-4000:]
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
     ran = subprocess.run([str(binary)], capture_output=True, text=True, env=env, timeout=300)
@@ -437,7 +437,6 @@ def test_emulated_wgmma_kernel_split_k_strided_rows_and_routing(harness, tmp_pat
     assert path(torch.randn(40, 2200, dtype=torch.float16), ours, ldx=2196) == "dequantize_then_gemm"
     odd, q_odd, *_ = random_layer(k, n, 4, 48)
     assert path(x, dict(odd, qweight=pack_fragment_order(q_odd, 4)), group_size=48) == "mma"
-
 
 
 @pytest.mark.parametrize("bits", [3, 4])
