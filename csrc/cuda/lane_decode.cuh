@@ -46,10 +46,11 @@ class GroupStream {
   __device__ __forceinline__ GroupStream(const FusedGemmParams& p, int group, int n0)
       : group_(group), groups_(p.groups), fp32_(p.scale_type == FloatType::kFloat),
         zeros_straddle_(BITS == 3 && zero_shift(n0) + 4 * BITS > 32) {
-    const int64_t scale_bytes = fp32_ ? 4 : 2;
+    const int scale_bytes = fp32_ ? 4 : 2;
     scale_row_ = p.n * scale_bytes;
     zero_row_ = p.n * BITS / 32;
-    scales_ = static_cast<const unsigned char*>(p.scales) + (static_cast<int64_t>(group) * p.n + n0) * scale_bytes;
+    scales_ = static_cast<const unsigned char*>(p.scales) +
+              (static_cast<int64_t>(group) * p.n + n0) * static_cast<int64_t>(scale_bytes);
     zeros_ = p.qzeros + static_cast<int64_t>(group) * zero_row_ + static_cast<int64_t>(n0) * BITS / 32;
   }
   // Where column n0's zero point starts in its qzeros word (n0 a multiple of 4).
@@ -74,7 +75,7 @@ class GroupStream {
  private:
   int group_, groups_;
   bool fp32_, zeros_straddle_;
-  int64_t scale_row_, zero_row_;
+  int scale_row_, zero_row_;  // bytes and words from one group's row to the next
   const unsigned char* scales_;
   const uint32_t* zeros_;
 };
@@ -121,21 +122,23 @@ __device__ __forceinline__ float raw_scale(const uint4& s, int c, FloatType type
   return __half2float(__ushort_as_half(static_cast<unsigned short>(bits16)));
 }
 
-// The magic-number form of a lane's 4 zero points (columns n0..n0+3 of the group): h[c] = magic + zero of column
-// c in both halves, as PositionedPairs::offsets takes it (8-bit bf16, where no magic number holds 8 bits: the zero
-// point alone, for EightBitDecode). qzeros stores zero points minus one.
+// The negated magic-number form of a lane's 4 zero points (columns n0..n0+3 of the group): h[c] = -(magic + zero)
+// of column c in both halves, as the decoders' offsets() take it: the zero point ORed into the mantissas of a
+// negative magic number, so that position 0's offset pair costs nothing (8-bit bf16, where no magic number holds 8
+// bits: the zero point alone, for EightBitDecode). qzeros stores zero points minus one.
 template <typename T, int BITS>
 __device__ __forceinline__ void lane_zero_points(const RawGroup& raw, int n0, uint32_t (&h)[4]) {
+  constexpr uint32_t kNegativeMagic = MagicPair<T>::kBits | kSignBits;
   if constexpr (BITS == 3) {
     const int shift = GroupStream<BITS>::zero_shift(n0);
     const uint32_t fields = __funnelshift_r(raw.zeros, raw.zeros_next, static_cast<unsigned>(shift));
 #pragma unroll
-    for (int c = 0; c < 4; ++c) h[c] = (((fields >> (3 * c)) + 1u) & 7u) * 0x10001u | MagicPair<T>::kBits;
+    for (int c = 0; c < 4; ++c) h[c] = (((fields >> (3 * c)) + 1u) & 7u) * 0x10001u | kNegativeMagic;
   } else if constexpr (BITS == 8) {
     const uint32_t zeros = raw.zeros + core::ones_per_field(BITS);  // the word of columns n0..n0+3
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-      h[c] = (zeros >> (8 * c) & 0xffu) * 0x10001u | (MagicPair<T>::kHalf ? MagicPair<T>::kBits : 0u);
+      h[c] = (zeros >> (8 * c) & 0xffu) * 0x10001u | (MagicPair<T>::kHalf ? kNegativeMagic : 0u);
     }
   } else {
     // The lane's 4 zero points at bits BITS c of both halves.
@@ -143,7 +146,7 @@ __device__ __forceinline__ void lane_zero_points(const RawGroup& raw, int n0, ui
     const uint32_t both_halves = __byte_perm(zeros, 0u, BITS == 4 ? 0x1010u : 0x4040u);
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-      h[c] = and_or(both_halves >> (BITS * c), core::value_mask(BITS) * 0x10001u, MagicPair<T>::kBits);
+      h[c] = and_or(both_halves >> (BITS * c), core::value_mask(BITS) * 0x10001u, kNegativeMagic);
     }
   }
 }
@@ -167,14 +170,15 @@ struct PositionedPairs {
       m[r] = MmaOps<T>::pack2(f, f);
     }
   }
-  // Offset pairs -(magic 2^-position + z), exact in T, for a zero point z given as h = magic + z in both halves
-  // (z ORed into the mantissas): -h + (magic - magic 2^-position), one HFMA2 each.
+  // Offset pairs -(magic 2^-position + z), exact in T, for a zero point z given as h = -(magic + z) in both halves
+  // (lane_zero_points): h itself at position 0, h + (magic - magic 2^-position) after it, one HFMA2 each.
   static __device__ __forceinline__ void offsets(uint32_t h, uint32_t (&o)[RUN]) {
-    const uint32_t minus_one = MmaOps<T>::pack2(-1.f, -1.f);
+    const uint32_t one = MmaOps<T>::pack2(1.f, 1.f);
+    o[0] = h;
 #pragma unroll
-    for (int r = 0; r < RUN; ++r) {
+    for (int r = 1; r < RUN; ++r) {
       const float c = Magic::kValue - Magic::kValue / static_cast<float>(1 << (STEP * r));
-      o[r] = magic_fma<T>(h, minus_one, MmaOps<T>::pack2(c, c));
+      o[r] = magic_fma<T>(h, one, MmaOps<T>::pack2(c, c));
     }
   }
   // q - zero of the pair at position STEP R of `values` shifted down by SHIFT bits.
@@ -266,10 +270,10 @@ struct EightBitDecode {
                                                      uint32_t (&out)[kValueRegs]) {
     out[0] = first, out[1] = second;
   }
-  // From lane_zero_points' h: fp16, -(1024 + z) in both halves (exact); bf16, the float 2^23 + z.
+  // From lane_zero_points' h: fp16, h = -(1024 + z) in both halves, as it is; bf16, the float 2^23 + z.
   static __device__ __forceinline__ void offsets(uint32_t h, uint32_t (&o)[kRun]) {
     if constexpr (kHalf) {
-      o[0] = magic_fma<T>(h, MmaOps<T>::pack2(-1.f, -1.f), 0u);
+      o[0] = h;
     } else {
       o[0] = __float_as_uint(kMagicFloat + static_cast<float>(h & 0xffu));
     }

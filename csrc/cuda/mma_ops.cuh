@@ -116,6 +116,8 @@ struct MagicPair {
   static constexpr float kValue = kHalf ? 1024.f : 128.f;
   static constexpr int kMantissaBits = kHalf ? 10 : 7;
 };
+// The sign bits of both halves of a pair (fp16 and bf16 alike): ORed into a positive pair, its negation.
+constexpr uint32_t kSignBits = 0x80008000u;
 
 // pair * multiplier + offset in T's paired type (HFMA2), on the raw bits of three registers.
 template <typename T>
