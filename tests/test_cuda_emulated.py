@@ -439,13 +439,14 @@ def test_emulated_wgmma_kernel_split_k_strided_rows_and_routing(harness, tmp_pat
     assert path(x, dict(odd, qweight=pack_fragment_order(q_odd, 4)), group_size=48) == "mma"
 
 
-def test_emulated_gemm_leaves_layers_from_2_28_wide_to_cublas(harness, tmp_path):
-    # The fused kernels count in 32-bit ints: from 2^28 columns or rows of K the plan is dequantize + cuBLAS. Only
-    # the plan is made (the harness reads no array for that path; planned for a fused kernel, this job would fail).
-    for n, k in ((1 << 28, 576), (4096, 1 << 28)):
-        job = run_harness(harness, tmp_path, "gemm", {}, m=1, k=k, n=n, ldx=k, bits=4, group_size=128,
+def test_emulated_gemm_leaves_problems_from_2_28_to_cublas(harness, tmp_path):
+    # The fused kernels count in 32-bit ints: from 2^28 rows of x (the Hopper kernel has no upper bound otherwise),
+    # columns or rows of K the plan is dequantize + cuBLAS. Only the plan is made (the harness reads no array for
+    # that path; planned for a fused kernel, these jobs would fail).
+    for m, n, k in ((1, 1 << 28, 576), (1, 4096, 1 << 28), (1 << 28, 4096, 576)):
+        job = run_harness(harness, tmp_path, "gemm", {}, m=m, k=k, n=n, ldx=k, bits=4, group_size=128,
                           groups=k // 128, act="half", scale_type="half", bias_type="float", sms=H100_SMS,
-                          fragment_order=1)
+                          fragment_order=1, wgmma=1)
         assert plan_of(job)["path"] == "dequantize_then_gemm"
 
 

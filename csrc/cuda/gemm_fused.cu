@@ -86,7 +86,7 @@ GemmPlan plan_gemm(const GemmProblem& problem) {
   plan.splits = 1;
   const int64_t m = problem.m;
   if (!problem.half_activations || !problem.weight_aligned || m < 1) return plan;
-  if (problem.n >= kFusedMaxDim || problem.k >= kFusedMaxDim) return plan;
+  if (m >= kFusedMaxDim || problem.n >= kFusedMaxDim || problem.k >= kFusedMaxDim) return plan;
   const bool mma = problem.mma_available && problem.x_aligned;
   // 2- and 4-bit weights in fragment order, 3-bit in the checkpoint order (they have no other): what the kernels
   // that decode into A fragments (tensor-core GEMV, Hopper kernel) read.

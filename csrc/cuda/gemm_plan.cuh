@@ -15,8 +15,8 @@ namespace cuda {
 // GemmProblem::mma_min_rows when GPTQ_KERNELS_MMA_MIN_ROWS is not set: the small-batch kernels keep every batch
 // they can take (1-8 rows; 1-16 for layers the tensor-core GEMV takes).
 constexpr int64_t kAutoMmaMinRows = 0;
-// The fused kernels count in 32-bit ints (a qzeros row is N * BITS bits, a row of fp32 scales 4 N bytes), so wider
-// layers (N or K from 2^28) take dequantize + cuBLAS.
+// The fused kernels count in 32-bit ints (a qzeros row is N * BITS bits, a row of fp32 scales 4 N bytes), so larger
+// problems (M, N or K from 2^28) take dequantize + cuBLAS.
 constexpr int64_t kFusedMaxDim = int64_t{1} << 28;
 
 enum class GemmPath {
