@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine (no internet; python3 with torch+CUDA, nvcc, pytest preinstalled):
-# builds the extension for sm_90a (H100/H200), checks the Hopper kernel's layout assumptions (wgmma_probe.cu) and the
-# kernel (left out of the later phases if it fails there), runs the GPU tests, the benchmark, compute-sanitizer (memcheck and racecheck) on a small script that runs every kernel
-# (GPTQ and BCQ), the matmul tests without the tensor-core kernel, then with
-# whatever time is left a short rerun of the benchmark with the tensor-core kernel at batches 1-8
-# (small_batch_mma/) and the GPTQ quantizer comparison. Everything lands in $RESULTS (default ./gpu_results): one
-# log per phase, phases.log with timestamps, bench_cuda.{json,txt,png} (the txt ends with issue #4's speed targets,
-# met or missed).
+# builds the extension for sm_90a (H100/H200; or takes the one benchmarks/prebuild.sh built, PREBUILT=1), checks
+# the Hopper kernel's layout assumptions (wgmma_probe.cu) and the kernel (left out of the later phases if it fails
+# there), runs the GPU tests, the benchmark, compute-sanitizer (memcheck and racecheck) on a small script that runs
+# every kernel (GPTQ and BCQ), Nsight Compute on the kernels behind the speed targets, the matmul tests without the
+# tensor-core kernel, then with whatever time is left a short rerun of the benchmark with the tensor-core kernel at
+# batches 1-8 (small_batch_mma/) and the GPTQ quantizer comparison. Everything lands in $RESULTS (default
+# ./gpu_results): one log per phase, phases.log with timestamps, bench_cuda.{json,txt,png} (the txt ends with issue
+# #4's speed targets, met or missed).
 # Where $OUT is set (a machine that copies back only a few files from it), $OUT gets, after every phase, the whole
 # of $RESULTS as gpu_check.tar.gz plus phases.log, bench_cuda.txt and bench_cuda.png to read without unpacking.
 #
 #   bash benchmarks/gpu_check.sh                 # the whole check, 560 seconds at most
 #   BUDGET_S=300 SKIP_SANITIZER=1 bash benchmarks/gpu_check.sh
-#   PREBUILT=1 bash benchmarks/gpu_check.sh      # use the extension already built in gptq_kernels/ if it imports
+#   PREBUILT=1 bash benchmarks/gpu_check.sh      # use the extension benchmarks/prebuild.sh built, if it still fits
 #
 # Exit status: 0 when every phase passed, 1 otherwise (the later phases still run).
 set -uo pipefail
@@ -69,12 +70,14 @@ run() {
 rm -f "$RESULTS/phases.log"  # this run's phases only (the other logs are rewritten phase by phase)
 phase "start: $(git rev-parse --short HEAD 2>/dev/null || echo no-git) on $(hostname)"
 nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1 || true
-# PREBUILT=1: keep an extension already in gptq_kernels/ (built elsewhere against the same torch and Python, see
-# benchmarks/NOTES_cuda.md) if it imports with its CUDA kernels, and skip the build (about two minutes, estimated).
-if [ -n "${PREBUILT:-}" ] && "$PY" -c "from gptq_kernels import ops; assert ops.has_kernel('cuda')" \
-    > "$RESULTS/prebuilt.log" 2>&1; then
-  phase "build: skipped (PREBUILT=1 and the extension in gptq_kernels/ imports with CUDA kernels)"
+# PREBUILT=1: keep the extension benchmarks/prebuild.sh left in gptq_kernels/ (built elsewhere against this torch
+# and Python) if it was built from these sources and imports with its CUDA kernels, and skip the build (about two
+# minutes, estimated).
+if [ -n "${PREBUILT:-}" ] && bash benchmarks/prebuild.sh --check "$PY" > "$RESULTS/prebuilt.log" 2>&1 &&
+    "$PY" -c "from gptq_kernels import ops; assert ops.has_kernel('cuda')" >> "$RESULTS/prebuilt.log" 2>&1; then
+  phase "build: skipped (PREBUILT=1: the extension in gptq_kernels/ fits these sources, imports with CUDA kernels)"
 else
+  [ -n "${PREBUILT:-}" ] && phase "PREBUILT=1 but no usable prebuilt extension: $(tail -n 1 "$RESULTS/prebuilt.log")"
   run build 240 "$PY" setup.py -q build_ext --inplace
 fi
 if [ $status -ne 0 ]; then

@@ -1,9 +1,13 @@
 """The GPU-only scripts, checked on the CPU so that a GPU run does not find their bugs: benchmarks/bench_cuda.py's
 report (benchmarks/cuda_report.py; which of issue #4's speed targets a run meets is read off its verdicts, checked
-here on made-up measurements) and its contenders' calls (--dry-run), and benchmarks/sanitize_cuda.py's calls."""
+here on made-up measurements) and its contenders' calls (--dry-run), benchmarks/sanitize_cuda.py's and
+profile_cuda.py's calls, and the stamp check of benchmarks/prebuild.sh."""
+import hashlib
+import importlib.machinery
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -156,3 +160,49 @@ def test_profile_script_runs_on_cpu(hopper):
     assert {f"gptq {bits}-bit, batch 1" for bits in (2, 3, 4, 8)} <= set(cases)
     assert [c for c in cases if "wgmma" in c] == (["gptq 4-bit wgmma, batch 256", "gptq 4-bit wgmma, batch 1024"]
                                                   if hopper else [])
+
+
+def sources_fingerprint(tree):
+    """What benchmarks/prebuild.sh stamps an extension with, recomputed here: sha256 of the `sha256sum` lines of every
+    file under csrc/ and of setup.py, in byte order of their paths."""
+    paths = sorted([os.path.relpath(os.path.join(d, f), tree) for d, _, files in os.walk(os.path.join(tree, "csrc"))
+                    for f in files] + ["setup.py"])
+    lines = ""
+    for path in paths:
+        with open(os.path.join(tree, path), "rb") as f:
+            lines += f"{hashlib.sha256(f.read()).hexdigest()}  {path}\n"
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_prebuild_check_accepts_only_an_extension_stamped_with_these_sources(tmp_path):
+    # gpu_check.sh (PREBUILT=1) skips its build only when this check passes: an extension built from other sources
+    # would measure other kernels than the tree's.
+    tree = tmp_path / "tree"
+    shutil.copytree(os.path.join(ROOT, "csrc"), tree / "csrc")
+    shutil.copy(os.path.join(ROOT, "setup.py"), tree / "setup.py")
+    (tree / "benchmarks").mkdir()
+    shutil.copy(os.path.join(ROOT, "benchmarks", "prebuild.sh"), tree / "benchmarks" / "prebuild.sh")
+    (tree / "gptq_kernels").mkdir()
+    extension = tree / "gptq_kernels" / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])
+
+    def check():
+        done = subprocess.run(["bash", str(tree / "benchmarks" / "prebuild.sh"), "--check", sys.executable],
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stdout + done.stderr
+
+    assert check() == (1, f"prebuild: no gptq_kernels/{extension.name}\n")
+    extension.write_bytes(b"not an extension; the check reads only its stamp")
+    rc, said = check()
+    assert rc == 1 and "has no stamp" in said
+    stamp = tmp_path / "tree" / "gptq_kernels" / (extension.name + ".sources")
+    stamp.write_text(sources_fingerprint(tree) + "\n")
+    rc, said = check()
+    assert rc == 0 and "matches these sources" in said, said
+    for edited in ("csrc/cuda/lane_decode.cuh", "setup.py"):
+        original = (tree / edited).read_text()
+        (tree / edited).write_text(original + "\n")
+        rc, said = check()
+        assert rc == 1 and "other sources" in said, (edited, said)
+        (tree / edited).write_text(original)
+    (tree / "csrc" / "core" / "new_helper.h").write_text("#pragma once\n")
+    assert check()[0] == 1
