@@ -194,7 +194,7 @@ def test_prebuild_check_accepts_only_an_extension_stamped_with_these_sources(tmp
     extension.write_bytes(b"not an extension; the check reads only its stamp")
     rc, said = check()
     assert rc == 1 and "has no stamp" in said
-    stamp = tmp_path / "tree" / "gptq_kernels" / (extension.name + ".sources")
+    stamp = extension.with_name(extension.name + ".sources")
     stamp.write_text(sources_fingerprint(tree) + "\n")
     rc, said = check()
     assert rc == 0 and "matches these sources" in said, said
