@@ -11,7 +11,7 @@
 #
 # The build goes into the working tree: next to .venv's extension (the file name carries the Python version, and
 # so does setuptools' build folder), incremental as usual. It leaves gptq_kernels/_C<suffix>.so stripped of debug
-# sections (~65 MB -> ~34 MB: the device tool carries 64 MiB at most; -lineinfo stays) and
+# sections (38 MiB at commit d68c3a6; the device tool carries 64 MiB at most; -lineinfo stays) and
 # gptq_kernels/_C<suffix>.so.sources, and prints the device-tool call that carries both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
