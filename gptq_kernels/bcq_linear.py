@@ -85,8 +85,11 @@ class BCQLinear(nn.Module):
                              f"expected in_features={self.in_features}")
         if self.input_perm is not None:
             x = x.index_select(-1, self.input_perm)
-        if x.device.type in _KERNEL_DEVICE_TYPES and not self._g_idx_needed:
-            return ops.bcq_gemm(x, self.qplanes, self.alpha, self.offset, self.bias, self.group_size)
+        if x.device.type in _KERNEL_DEVICE_TYPES:
+            if not self._g_idx_needed:
+                return ops.bcq_gemm(x, self.qplanes, self.alpha, self.offset, self.bias, self.group_size)
+        elif not torch.compiler.is_compiling():  # a warning would break torch.compile's graph
+            ops.warn_reference_path(type(self).__name__, x.device.type)
         compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         return bcq_format.gemm(x, self.qplanes, self.alpha, self.offset, self.g_idx, self.bias, self.group_size,
                                compute_dtype=compute)

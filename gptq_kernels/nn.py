@@ -94,6 +94,8 @@ class QuantLinear(nn.Module):
         if x.device.type in _KERNEL_DEVICE_TYPES:
             return ops.gemm(x, self.qweight, self.qzeros, self.scales, g_idx, self.bias, self.bits,
                             self.group_size)
+        if not torch.compiler.is_compiling():  # a warning would break torch.compile's graph
+            ops.warn_reference_path(type(self).__name__, x.device.type)
         compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         return reference.gemm(x, self.qweight, self.qzeros, self.scales, g_idx, self.bias, self.bits,
                               self.group_size, compute_dtype=compute)

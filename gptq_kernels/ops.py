@@ -37,6 +37,28 @@ def has_kernel(device_type: str, op: str = "gemm") -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"gptq_kernels::{op}", key)
 
 
+_REFERENCE_WARNED: set = set()
+
+
+def warn_reference_path(layer: str, device_type: str) -> None:
+    """Warns, once per process for each layer class and device type, that a layer runs the pure-PyTorch
+    reference because the extension has no kernel for its device: correct but far slower, and easy to miss (a
+    GPU machine whose build found no CUDA toolkit still runs, at a fraction of the speed)."""
+    if device_type == "meta" or (layer, device_type) in _REFERENCE_WARNED:  # meta: shapes only, no arithmetic
+        return
+    _REFERENCE_WARNED.add((layer, device_type))
+    if _IMPORT_ERROR is not None:
+        reason = f"the compiled extension is not available ({_IMPORT_ERROR})"
+    elif device_type == "cuda":
+        reason = ("the extension was built without CUDA kernels (torch was a CPU-only build, setup.py found no CUDA "
+                  "toolkit, or GPTQ_KERNELS_CPU_ONLY=1 was set); rebuild it with a CUDA toolkit in CUDA_HOME, "
+                  "e.g. CUDA_HOME=/usr/local/cuda pip install --no-build-isolation -e .")
+    else:
+        reason = f"the extension has no kernels for {device_type} devices"
+    warnings.warn(f"gptq_kernels: {layer} runs the pure-PyTorch reference on {device_type}, far slower than a "
+                  f"compiled kernel: {reason}", stacklevel=2)
+
+
 def _require_compiled():
     if _IMPORT_ERROR is not None:
         raise RuntimeError(f"gptq_kernels: the compiled extension is not available: {_IMPORT_ERROR}")

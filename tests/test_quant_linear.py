@@ -1,4 +1,6 @@
 """QuantLinear as a drop-in nn.Linear: construction, checkpoint loading, act-order, compile, memory."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -6,7 +8,7 @@ from torch import nn
 import gptq_kernels
 from bitstream import expected_weight_t, random_layer
 from conftest import TOLERANCE, relative_error
-from gptq_kernels import QuantLinear, nn as gk_nn, quantize_rtn
+from gptq_kernels import QuantLinear, nn as gk_nn, ops as gk_ops, quantize_rtn
 
 
 def loaded_layer(k, n, bits, group_size, act_order=False, bias=True, dtype=torch.float16):
@@ -113,12 +115,41 @@ def test_to_and_dtype_conversions_keep_working():
     assert relative_error(layer(x), y) < 1e-3
 
 
-def test_reference_fallback_matches_compiled(monkeypatch):
+def test_reference_fallback_matches_compiled_and_says_so_once(monkeypatch):
     layer, state, w_t = loaded_layer(320, 64, 3, 32, act_order=True)
     x = torch.randn(2, 320)
-    compiled = layer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the compiled path warns about nothing
+        compiled = layer(x)
     monkeypatch.setattr(gk_nn, "_KERNEL_DEVICE_TYPES", frozenset())
-    assert relative_error(layer(x), compiled) < 1e-5
+    monkeypatch.setattr(gk_ops, "_REFERENCE_WARNED", set())
+    with pytest.warns(UserWarning, match="QuantLinear runs the pure-PyTorch reference on cpu"):
+        assert relative_error(layer(x), compiled) < 1e-5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process, not per call
+        layer(x)
+
+
+def test_reference_fallback_traces_under_torch_compile(monkeypatch):
+    torch._dynamo.reset()
+    layer, _, _ = loaded_layer(128, 64, 4, 32)
+    monkeypatch.setattr(gk_nn, "_KERNEL_DEVICE_TYPES", frozenset())
+    monkeypatch.setattr(gk_ops, "_REFERENCE_WARNED", set())
+    x = torch.randn(3, 128)
+    compiled = torch.compile(layer, fullgraph=True)  # the warning must stay out of the traced graph
+    with pytest.warns(UserWarning, match="reference"):  # eager says it
+        eager = layer(x)
+    assert relative_error(compiled(x), eager) < 1e-5
+    torch._dynamo.reset()
+
+
+def test_reference_warning_names_the_missing_cuda_kernels(monkeypatch):
+    monkeypatch.setattr(gk_ops, "_REFERENCE_WARNED", set())
+    with pytest.warns(UserWarning, match="built without CUDA kernels.*CUDA_HOME"):
+        gk_ops.warn_reference_path("QuantLinear", "cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gk_ops.warn_reference_path("QuantLinear", "meta")  # shapes only: nothing slow to warn about
 
 
 def test_extra_repr():
