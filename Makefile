@@ -9,8 +9,9 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 export MAX_JOBS ?= 2
-# Without a visible GPU torch would compile the CUDA kernels for every architecture it supports (about 8 more
-# minutes on two cores); one architecture proves they compile. Set TORCH_CUDA_ARCH_LIST to build for others.
+# setup.py builds the CUDA kernels for the GPUs in sight, and without one for its default list of four
+# architectures (about 8 more minutes on two cores); where none is in sight one architecture proves they compile.
+# Set TORCH_CUDA_ARCH_LIST to build for others.
 ifeq ($(shell nvidia-smi -L > /dev/null 2>&1 && echo gpu),)
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 endif

@@ -10,11 +10,19 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "core/build_info.h"
+
 extern "C" {
-// Importing gptq_kernels._C runs the static registrations below; the module itself has no members.
+// Importing gptq_kernels._C runs the static registrations below; the module's one member, cuda_archs, names the
+// GPU architectures its CUDA code was built for (gptq_kernels.ops.cuda_archs()).
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
+  PyObject* m = PyModule_Create(&module);
+  if (m != nullptr && PyModule_AddStringConstant(m, "cuda_archs", gptq_kernels::core::built_cuda_archs().c_str()) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }
 }
 

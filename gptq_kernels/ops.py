@@ -37,6 +37,15 @@ def has_kernel(device_type: str, op: str = "gemm") -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"gptq_kernels::{op}", key)
 
 
+def cuda_archs() -> list[str]:
+    """The GPU architectures the extension's CUDA code was built for (TORCH_CUDA_ARCH_LIST as setup.py built
+    it, e.g. ["8.0", "8.6", "8.9", "9.0a"]); empty without CUDA kernels. On a GPU they do not cover, every CUDA op
+    raises an error saying how to rebuild."""
+    if _IMPORT_ERROR is not None:
+        return []
+    return [arch for arch in getattr(_C, "cuda_archs", "").split(";") if arch]
+
+
 _REFERENCE_WARNED: set = set()
 
 

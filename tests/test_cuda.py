@@ -75,6 +75,23 @@ def assert_close_to_reference(y, x, w_t, bias=None):
     assert ours <= bound, f"error {ours:.3g} > bound {bound:.3g} (F.linear's error {theirs:.3g})"
 
 
+def test_the_build_records_an_arch_that_runs_on_this_gpu():
+    """ops.cuda_archs() holds code this GPU runs (SASS of its major version and no higher minor, an "a" target of
+    exactly it, or PTX of no later version): the record the ops' error for uncovered GPUs quotes."""
+    major, minor = torch.cuda.get_device_capability()
+
+    def runs_here(arch):
+        base, ptx = arch.split("+")[0], arch.endswith("+PTX")
+        arch_major, arch_minor = (int(part) for part in base.rstrip("af").split("."))
+        if ptx and (arch_major, arch_minor) <= (major, minor):
+            return True
+        if base.endswith("a"):
+            return (arch_major, arch_minor) == (major, minor)
+        return arch_major == major and arch_minor <= minor
+
+    assert any(runs_here(arch) for arch in ops.cuda_archs()), (ops.cuda_archs(), (major, minor))
+
+
 # --------------------------------------------------------------------------------------------- layout ops
 @pytest.mark.parametrize("bits", BITS)
 def test_pack_and_unpack_are_exact(bits):

@@ -21,6 +21,7 @@
 #include "core/bcq_checks.h"
 #include "core/checks.h"
 #include "cuda/bcq.cuh"
+#include "cuda/device_support.h"
 #include "cuda/torch_types.h"
 
 namespace gptq_kernels {
@@ -75,9 +76,10 @@ void lut_gemv(const core::BcqGeometry& geo, const at::Tensor& x2, const at::Tens
 
 at::Tensor bcq_dequantize_cuda(const at::Tensor& qplanes, const at::Tensor& alpha, const at::Tensor& offset,
                                int64_t group_size) {
-  const core::BcqGeometry geo = core::check_bcq_weight("gptq_kernels.bcq_dequantize", qplanes, alpha, offset,
-                                                       group_size);
+  constexpr const char* op = "gptq_kernels.bcq_dequantize";
+  const core::BcqGeometry geo = core::check_bcq_weight(op, qplanes, alpha, offset, group_size);
   const c10::cuda::CUDAGuard guard(qplanes.device());
+  check_device_supported(op);
   at::Tensor out = at::empty({geo.k, geo.n}, alpha.options());
   launch_bcq_dequantize(dequant_params(geo, qplanes, alpha, offset), float_type_of(alpha.scalar_type()),
                         out.data_ptr(), c10::cuda::getCurrentCUDAStream());
@@ -91,6 +93,7 @@ at::Tensor bcq_gemm_cuda(const at::Tensor& x, const at::Tensor& qplanes, const a
   const core::BcqGeometry geo = core::check_bcq_weight(op, qplanes, alpha, offset, group_size);
   core::check_bcq_inputs(op, x, bias, geo, qplanes);
   const c10::cuda::CUDAGuard guard(qplanes.device());
+  check_device_supported(op);
 
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = geo.n;

@@ -30,6 +30,7 @@
 
 #include "core/bitpack.h"
 #include "core/checks.h"
+#include "cuda/device_support.h"
 #include "cuda/gemm_plan.cuh"
 #include "cuda/gemm_wgmma.cuh"
 #include "cuda/gemv_tc.cuh"
@@ -135,6 +136,7 @@ at::Tensor gemm_any_order(const char* op, bool fragment_order, const at::Tensor&
   core::check_activations(op, x, geo, qweight);
   core::check_bias(op, bias, geo, qweight);
   const c10::cuda::CUDAGuard guard(qweight.device());
+  check_device_supported(op);
 
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = geo.n;

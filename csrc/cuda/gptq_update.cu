@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "core/checks.h"
+#include "cuda/device_support.h"
 #include "cuda/gptq_block.cuh"
 
 namespace gptq_kernels {
@@ -26,6 +27,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gptq_bloc
               ": scale_dtype must be float16, bfloat16 or float32, got ", scale_dtype);
   const int64_t rows = weight.size(0), width = weight.size(1);
   const c10::cuda::CUDAGuard guard(weight.device());
+  check_device_supported(op);
   // Transposed working copies ([B, rows]); the results are transposed back at the end.
   at::Tensor w = weight.t().contiguous();
   const at::Tensor u = hinv.contiguous();

@@ -9,6 +9,7 @@
 #include "core/bitpack.h"
 #include "core/checks.h"
 #include "cuda/layout.cuh"
+#include "cuda/device_support.h"
 #include "cuda/torch_types.h"
 
 namespace gptq_kernels {
@@ -22,6 +23,7 @@ at::Tensor pack_cuda(const at::Tensor& values, int64_t bits) {
   core::check_pack_values(op, values, bits);
   const int64_t k = values.size(0), n = values.size(1);
   const c10::cuda::CUDAGuard guard(values.device());
+  check_device_supported(op);
   const at::Tensor v = values.contiguous();
   at::Tensor packed = at::empty({k / 32 * bits, n}, v.options());
   if (packed.numel() == 0) return packed;
@@ -36,6 +38,7 @@ at::Tensor unpack_cuda(const at::Tensor& packed, int64_t bits) {
   core::check_packed(op, packed, bits);
   const int64_t rows = packed.size(0), n = packed.size(1);
   const c10::cuda::CUDAGuard guard(packed.device());
+  check_device_supported(op);
   const at::Tensor p = packed.contiguous();
   const int64_t k = rows / bits * 32;
   at::Tensor values = at::empty({k, n}, p.options());
@@ -52,6 +55,7 @@ at::Tensor permute_rows_cuda(const at::Tensor& packed, const at::Tensor& perm, i
   core::check_permute_rows_args(op, packed, perm, bits);
   const int64_t rows = packed.size(0), n = packed.size(1), k = rows / bits * 32;
   const c10::cuda::CUDAGuard guard(packed.device());
+  check_device_supported(op);
   const at::Tensor p = packed.contiguous(), index = perm.contiguous();
   at::Tensor out = at::empty_like(p);
   if (out.numel() == 0) return out;
@@ -68,6 +72,7 @@ at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& qzeros, 
   constexpr const char* op = "gptq_kernels.dequantize";
   const core::QuantGeometry geo = core::check_quantized_weight(op, qweight, qzeros, scales, g_idx, bits, group_size);
   const c10::cuda::CUDAGuard guard(qweight.device());
+  check_device_supported(op);
   at::Tensor out = at::empty({geo.k, geo.n}, scales.options());
   launch_dequantize(dequant_params(geo, qweight, qzeros, scales, g_idx), static_cast<int>(bits),
                     float_type_of(scales.scalar_type()), out.data_ptr(), c10::cuda::getCurrentCUDAStream());
