@@ -51,7 +51,9 @@ def load_model(spec: str, device: Optional[str] = None):
 
 
 # ---------------------------------------------------------------------------------------------- options
-def _add_quant_options(p: argparse.ArgumentParser, nsamples: int = 128, seqlen: int = 512) -> None:
+def _add_quant_options(p: argparse.ArgumentParser, nsamples: int = 128, seqlen: int = 512,
+                       device_help: str = "where each decoder layer is quantized, e.g. cuda (default: where the "
+                                          "model is)") -> None:
     p.add_argument("--group-size", type=int, default=128,
                    help="input channels sharing one scale and zero point; -1 = one per output channel "
                         "(default 128)")
@@ -78,8 +80,7 @@ def _add_quant_options(p: argparse.ArgumentParser, nsamples: int = 128, seqlen: 
                         "Language Reference that ships with Python, see gptq_kernels.data)")
     p.add_argument("--nsamples", type=int, default=nsamples, help=f"calibration windows (default {nsamples})")
     p.add_argument("--seqlen", type=int, default=seqlen, help=f"tokens per calibration window (default {seqlen})")
-    p.add_argument("--device", default=None,
-                   help="where each decoder layer is quantized, e.g. cuda (default: where the model is)")
+    p.add_argument("--device", default=None, help=device_help)
 
 
 DEFAULT_REEXPLORE_TEXT = "0.7,0.8,0.9,1.0"
@@ -147,7 +148,9 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=DEFAULT_MODEL, help="model to use (default: SmolLM2-135M-Instruct)")
     d.add_argument("--bits", default="4,3", help="comma-separated bit widths (default 4,3)")
     d.add_argument("--out", default="runs/demo", help="where checkpoints and results.json go (default runs/demo)")
-    _add_quant_options(d, nsamples=32, seqlen=256)  # small enough for a CPU
+    _add_quant_options(d, nsamples=32, seqlen=256,  # small enough for a CPU
+                       device_help="where the demo runs: the model is moved there and quantized, evaluated and "
+                                   "timed there, e.g. cuda (default cpu)")
     d.add_argument("--eval-seqlen", type=int, default=512, help="tokens per evaluation window (default 512)")
     d.add_argument("--eval-windows", type=int, default=8,
                    help="evaluation windows, held-out text (default 8: a few minutes on 2 CPU cores)")
@@ -197,14 +200,21 @@ def generation_speed(model, tokenizer, new_tokens: int) -> float:
     """Greedy generation tokens per second (batch 1), after one warm-up generation."""
     import torch
 
-    prompt = tokenizer("The Python language reference describes", return_tensors="pt")["input_ids"]
+    device = next(model.parameters()).device
+    prompt = tokenizer("The Python language reference describes", return_tensors="pt")["input_ids"].to(device)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                   pad_token_id=tokenizer.eos_token_id)
+
+    def finished():  # a GPU runs ahead of the host: time to the end of its work
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     with torch.no_grad():
         model.generate(prompt, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})
-        start = time.perf_counter()
+        start = finished()
         model.generate(prompt, **kwargs)
-    return new_tokens / (time.perf_counter() - start)
+    return new_tokens / (finished() - start)
 
 
 def _demo(args) -> None:
@@ -216,7 +226,7 @@ def _demo(args) -> None:
     bits_list = [int(b) for b in args.bits.split(",")]
     os.makedirs(args.out, exist_ok=True)
     print(f"loading {args.model} ...", flush=True)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.device)
     calibration = calibration_samples(args.calibration or calibration_text(), tokenizer, args.nsamples, args.seqlen)
     eval_ids = token_stream(evaluation_text(), tokenizer)
 

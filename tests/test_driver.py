@@ -357,8 +357,37 @@ def test_cli_quantize_and_eval_a_local_model(tmp_path, capsys):
     assert "quantized 14 linear layers to 4 bits (gptq)" in output and "perplexity" in output
 
 
+def test_cli_demo_runs_where_told(tmp_path, capsys, monkeypatch):
+    """The main job end to end on a tiny model: its table, its checkpoint, and --device naming where the whole
+    demo runs (the model is loaded onto it)."""
+    from gptq_kernels import cli
+
+    model_dir, out = tmp_path / "float", tmp_path / "demo"
+    tiny_llama().save_pretrained(model_dir)
+    devices = []
+
+    def load(spec, device=None):
+        devices.append(device)
+        model, tokenizer = _load_with_char_tokenizer(spec)
+        return (model.to(device) if device else model), tokenizer
+
+    monkeypatch.setattr(cli, "load_model", load)
+    cli.main(["demo", "--model", str(model_dir), "--out", str(out), "--bits", "4", "--group-size", "32",
+              "--nsamples", "2", "--seqlen", "32", "--eval-seqlen", "32", "--eval-windows", "1", "--new-tokens", "2",
+              "--device", "cpu"])
+    assert devices == ["cpu"]
+    output = capsys.readouterr().out
+    for row in ("| float32 |", "| RTN 4-bit |", "| GPTQ 4-bit |"):
+        assert row in output
+    assert (out / "results.json").exists() and (out / "gptq-4bit-g32").is_dir()
+
+
 class _SavableCharTokenizer(CharTokenizer):
     eos_token_id = 0
+
+    def __call__(self, text, return_tensors=None):
+        encoded = super().__call__(text)
+        return {"input_ids": torch.tensor([encoded["input_ids"]])} if return_tensors == "pt" else encoded
 
     def save_pretrained(self, path):
         pass
