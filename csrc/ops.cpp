@@ -18,7 +18,8 @@ extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* m = PyModule_Create(&module);
-  if (m != nullptr && PyModule_AddStringConstant(m, "cuda_archs", gptq_kernels::core::built_cuda_archs().c_str()) != 0) {
+  const std::string archs = gptq_kernels::core::built_cuda_archs();
+  if (m != nullptr && PyModule_AddStringConstant(m, "cuda_archs", archs.c_str()) != 0) {
     Py_DECREF(m);
     return nullptr;
   }

@@ -8,8 +8,8 @@
 
 #include "core/bitpack.h"
 #include "core/checks.h"
-#include "cuda/layout.cuh"
 #include "cuda/device_support.h"
+#include "cuda/layout.cuh"
 #include "cuda/torch_types.h"
 
 namespace gptq_kernels {
